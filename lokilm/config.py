@@ -1,0 +1,298 @@
+"""Typed configuration: dataclass defaults, YAML presets that say only what differs, key=value overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from lokilm.errors import LokiError
+
+
+class ConfigError(LokiError, ValueError):
+    """A config file or override is wrong; the message names the key and the problem."""
+
+
+@dataclass
+class DataConfig:
+    # Files or folders of raw text: .txt (Project Gutenberg boilerplate is stripped), WikiExtractor
+    # <doc> files, .jsonl; each may be compressed (.xz, .bz2, .gz, .zst). Relative paths are read
+    # from the working directory.
+    inputs: list[str] = field(default_factory=lambda: ["data/corpus"])
+    text_field: str = "text"  # the JSONL key holding the document text
+    holdout_fraction: float = 0.02  # share of documents kept out of training (chosen by hash of id)
+    shard_tokens: int = 100_000_000  # tokens per shard file
+    shards: str | None = None  # train on this shard folder instead of the run's own shards/
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int | None = None  # None: the model's vocabulary size
+    path: str | None = None  # use this tokenizer JSON instead of training one
+    train_max_bytes: int = 200_000_000  # sample of the training documents the BPE is learnt from
+    min_frequency: int = 2
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 32000
+    n_layer: int = 24
+    n_head: int = 32
+    n_kv_head: int | None = None  # None: multi-head attention; fewer: grouped-query attention
+    d_model: int = 2048
+    d_ff: int = 5632  # SwiGLU hidden width
+    context_length: int = 2048
+    position: Literal["alibi", "rope", "learned"] = "alibi"
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = False
+    dropout: float = 0.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    # auto: FlexAttention on CUDA, PyTorch SDPA elsewhere; reference: plain math (slow, for checking)
+    attention: Literal["auto", "flex", "sdpa", "reference"] = "auto"
+
+
+@dataclass
+class SpikeConfig:
+    enabled: bool = True
+    window: int = 50  # recent losses the statistics are taken over
+    min_history: int = 20  # no spike is called before this many steps of history
+    zscore: float = 6.0  # loss above mean + zscore * std is a spike...
+    min_ratio: float = 1.5  # ...and above min_ratio * mean (guards against a tiny std)
+    max_rollbacks: int = 5
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1337
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False
+    max_steps: int = 1000
+    micro_batch_size: int = 8  # sequences per forward pass
+    batch_size: int = 64  # sequences per optimiser step (a multiple of micro_batch_size)
+    # Batch-size warmup: grow from batch_warmup_start sequences to batch_size over the first
+    # batch_warmup_tokens training tokens (0: off); the lr is rescaled with the batch.
+    batch_warmup_tokens: int = 0
+    batch_warmup_start: int | None = None
+    lr_batch_scaling: Literal["sqrt", "linear", "none"] = "sqrt"
+    optimizer: Literal["adamw"] = "adamw"
+    lr: float = 6e-4
+    min_lr_ratio: float = 0.1
+    lr_schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    warmup_steps: int = 100
+    decay_fraction: float = 0.2  # WSD: the final share of steps spent decaying
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0: off
+    log_every: int = 1
+    eval_every: int = 100  # held-out bits per byte (0: only at the end)
+    eval_batches: int = 16
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    halt_at_step: int | None = None  # stop after this step, resumable (for time-limited jobs)
+    tensorboard: bool = True
+    progress: bool = True
+    spike: SpikeConfig = field(default_factory=SpikeConfig)
+    # Testing aid: corrupt the batch of this step (once) with random tokens to provoke a loss spike.
+    inject_spike_at_step: int | None = None
+
+
+@dataclass
+class GenerateConfig:
+    prompts: list[str] = field(default_factory=lambda: ["Once upon a time"])
+    max_new_tokens: int = 100
+    temperature: float = 0.8
+    top_k: int | None = 50
+    top_p: float | None = None
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    run_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+    def validate(self) -> None:
+        m, t = self.model, self.train
+        _check(m.d_model % m.n_head == 0, "model.d_model", f"{m.d_model} is not divisible by model.n_head={m.n_head}")
+        kv = m.n_kv_head or m.n_head
+        _check(m.n_head % kv == 0, "model.n_kv_head", f"{kv} does not divide model.n_head={m.n_head}")
+        _check(m.position != "rope" or (m.d_model // m.n_head) % 2 == 0, "model.position", "rope needs an even head size")
+        for key, value in [("model.vocab_size", m.vocab_size), ("model.n_layer", m.n_layer), ("model.d_ff", m.d_ff),
+                           ("model.context_length", m.context_length), ("train.max_steps", t.max_steps),
+                           ("train.micro_batch_size", t.micro_batch_size), ("train.batch_size", t.batch_size)]:
+            _check(value > 0, key, f"must be positive, got {value}")
+        _check(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
+        _check(t.batch_size % t.micro_batch_size == 0, "train.batch_size",
+               f"{t.batch_size} is not a multiple of train.micro_batch_size={t.micro_batch_size}")
+        if t.batch_warmup_tokens:
+            start = t.batch_warmup_start or t.micro_batch_size
+            _check(0 < start <= t.batch_size and start % t.micro_batch_size == 0, "train.batch_warmup_start",
+                   f"{start} must be a multiple of train.micro_batch_size={t.micro_batch_size} and at most train.batch_size")
+        _check(0.0 <= self.data.holdout_fraction < 1.0, "data.holdout_fraction", "must be in [0, 1)")
+        _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _check(t.keep_checkpoints >= 2, "train.keep_checkpoints", "must be >= 2 so a corrupt latest checkpoint has a fallback")
+        _check(0.0 < t.decay_fraction <= 1.0, "train.decay_fraction", "must be in (0, 1]")
+        v = self.tokenizer.vocab_size
+        _check(v is None or 256 < v <= m.vocab_size, "tokenizer.vocab_size",
+               f"{v} must be above 256 (the byte alphabet) and at most model.vocab_size={m.vocab_size}")
+
+
+def _check(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {problem}")
+
+
+# ---------------------------------------------------------------- loading and overriding
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML preset (and the presets it names in `base:`), then key=value overrides."""
+    cfg = Config()
+    if path is not None:
+        for layer in _preset_layers(Path(path)):
+            _apply_mapping(cfg, layer, prefix="")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.max_steps=200)")
+        set_value(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    cfg.validate()
+    return cfg
+
+
+def _preset_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[dict]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file {path} includes itself through base:")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+    base = data.pop("base", None)
+    layers = _preset_layers(path.parent / base, seen + (path.resolve(),)) if base else []
+    return layers + [data]
+
+
+def _apply_mapping(obj: Any, mapping: dict, prefix: str) -> None:
+    for key, value in mapping.items():
+        full = f"{prefix}{key}"
+        f = _field(obj, str(key), full)
+        if dataclasses.is_dataclass(f.type if not isinstance(f.type, str) else getattr(obj, f.name)):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a section (mapping), got {value!r}")
+            _apply_mapping(getattr(obj, f.name), value, prefix=f"{full}.")
+        else:
+            setattr(obj, f.name, coerce(value, _hints(obj)[f.name], full))
+
+
+def set_value(cfg: Config, dotted: str, value: Any) -> None:
+    obj: Any = cfg
+    parts = dotted.split(".")
+    for i, part in enumerate(parts[:-1]):
+        f = _field(obj, part, ".".join(parts[: i + 1]))
+        obj = getattr(obj, f.name)
+        if not dataclasses.is_dataclass(obj):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])} is a value, not a section")
+    f = _field(obj, parts[-1], dotted)
+    if dataclasses.is_dataclass(getattr(obj, f.name)):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{dotted} is a section; set one of its keys (e.g. {dotted}.{dataclasses.fields(getattr(obj, f.name))[0].name}=...)")
+        _apply_mapping(getattr(obj, f.name), value, prefix=f"{dotted}.")
+        return
+    setattr(obj, f.name, coerce(value, _hints(obj)[f.name], dotted))
+
+
+def _field(obj: Any, name: str, full: str) -> dataclasses.Field:
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    if name not in fields:
+        close = difflib.get_close_matches(name, fields, n=1)
+        hint = f"; did you mean {full.rsplit('.', 1)[0] + '.' if '.' in full else ''}{close[0]}?" if close else ""
+        raise ConfigError(f"unknown config key {full!r}{hint} (known here: {', '.join(fields)})")
+    return fields[name]
+
+
+def _hints(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check (and gently convert) a value against a field's type, or raise ConfigError naming the key."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        items = value if isinstance(value, list) else [value]
+        return [coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(items)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)  # 1e6 in YAML is a float
+        if isinstance(value, str):
+            try:
+                return int(float(value)) if float(value).is_integer() else _bad(key, value, "an integer")
+            except ValueError:
+                pass
+        _bad(key, value, "an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        _bad(key, value, "a number")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        _bad(key, value, "a string")
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _bad(key: str, value: Any, expected: str) -> typing.NoReturn:
+    raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> Config:
+    """Rebuild a Config saved by to_dict (as in a run directory's config.yaml)."""
+    cfg = Config()
+    _apply_mapping(cfg, data, prefix="")
+    cfg.validate()
+    return cfg

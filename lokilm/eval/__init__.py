@@ -1,0 +1,1 @@
+"""Evaluation: held-out bits per byte (and, later, the benchmark suite)."""

@@ -1,0 +1,50 @@
+"""The run directory: where every stage of one run reads its inputs and writes its outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+from lokilm.config import Config, to_dict
+
+
+class RunDir:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.root = Path(cfg.run_dir)
+
+    @property
+    def tokenizer(self) -> Path:
+        return Path(self.cfg.tokenizer.path) if self.cfg.tokenizer.path else self.root / "tokenizer.json"
+
+    @property
+    def shards(self) -> Path:
+        return Path(self.cfg.data.shards) if self.cfg.data.shards else self.root / "shards"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def stage_summary(self, stage: str) -> Path:
+        return self.root / "stages" / f"{stage}.json"
+
+    def write_summary(self, stage: str, summary: dict) -> None:
+        write_json(self.stage_summary(stage), summary)
+
+    def read_summary(self, stage: str) -> dict | None:
+        path = self.stage_summary(stage)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def save_config(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)

@@ -1,0 +1,190 @@
+"""Token shards: documents -> memmapped token arrays with a document index, and fixed windows read back.
+
+Layout of a shard folder:
+    meta.json                      dtype, vocab size, EOT id, per split: shard files, tokens, documents, bytes
+    {split}_{nnnnn}.bin            the token stream (each document followed by EOT)
+    {split}_{nnnnn}.idx.npy        int64 start offset of every document in that shard
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lokilm.errors import LokiError
+
+SPLITS = ("train", "val")
+
+
+def split_of(doc_id: str, holdout_fraction: float) -> str:
+    """Deterministic train/val assignment by a hash of the document id (stable across runs and machines)."""
+    h = int.from_bytes(hashlib.sha1(doc_id.encode("utf-8", "surrogatepass")).digest()[:8], "big")
+    return "val" if h / 2**64 < holdout_fraction else "train"
+
+
+@dataclass
+class _SplitWriter:
+    folder: Path
+    split: str
+    dtype: np.dtype
+    shard_tokens: int
+    shards: list[dict] = field(default_factory=list)
+    _buf: list[np.ndarray] = field(default_factory=list)
+    _starts: list[int] = field(default_factory=list)
+    _len: int = 0
+    documents: int = 0
+    tokens: int = 0
+    bytes: int = 0
+
+    def add(self, ids: list[int], n_bytes: int) -> None:
+        if self._len and self._len + len(ids) > self.shard_tokens:
+            self.flush()
+        self._starts.append(self._len)
+        arr = np.asarray(ids, dtype=self.dtype)
+        self._buf.append(arr)
+        self._len += len(arr)
+        self.documents += 1
+        self.tokens += len(arr)
+        self.bytes += n_bytes
+
+    def flush(self) -> None:
+        if not self._len:
+            return
+        name = f"{self.split}_{len(self.shards):05d}"
+        _atomic_write(self.folder / f"{name}.bin", np.concatenate(self._buf).tobytes())
+        with open(self.folder / f"{name}.idx.npy.tmp", "wb") as f:
+            np.save(f, np.asarray(self._starts, dtype=np.int64))
+        os.replace(self.folder / f"{name}.idx.npy.tmp", self.folder / f"{name}.idx.npy")
+        self.shards.append({"file": f"{name}.bin", "tokens": self._len, "documents": len(self._starts)})
+        self._buf, self._starts, self._len = [], [], 0
+
+
+def write_shards(docs: Iterable[tuple[str, str]], tokenizer, folder: str | Path, holdout_fraction: float,
+                 shard_tokens: int = 100_000_000, batch_docs: int = 256, progress: bool = True) -> dict:
+    """Tokenize (id, text) documents into train/val shards; returns (and writes) meta.json's content."""
+    from tqdm import tqdm
+
+    from lokilm.tokenizer import eot_id
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = tokenizer.get_vocab_size()
+    dtype = np.dtype(np.uint16 if vocab <= 2**16 else np.uint32)
+    eot = eot_id(tokenizer)
+    writers = {s: _SplitWriter(folder, s, dtype, shard_tokens) for s in SPLITS}
+    bar = tqdm(desc="tokenize", unit=" docs", disable=not progress)
+
+    def encode_batch(batch: list[tuple[str, str]]) -> None:
+        encoded = tokenizer.encode_batch([text for _, text in batch], add_special_tokens=False)
+        for (doc_id, text), enc in zip(batch, encoded):
+            writers[split_of(doc_id, holdout_fraction)].add(enc.ids + [eot], len(text.encode("utf-8", "surrogatepass")))
+        bar.update(len(batch))
+
+    batch: list[tuple[str, str]] = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) >= batch_docs:
+            encode_batch(batch)
+            batch = []
+    if batch:
+        encode_batch(batch)
+    bar.close()
+    for w in writers.values():
+        w.flush()
+    if writers["train"].tokens == 0:
+        raise LokiError("no training tokens were written: the inputs hold no documents for the train split")
+    if holdout_fraction > 0 and writers["val"].tokens == 0:
+        raise LokiError(f"data.holdout_fraction={holdout_fraction} selected no held-out document out of "
+                        f"{writers['train'].documents}; raise it")
+    meta = {
+        "dtype": dtype.name,
+        "vocab_size": vocab,
+        "eot_id": eot,
+        "holdout_fraction": holdout_fraction,
+        "splits": {s: {"shards": w.shards, "documents": w.documents, "tokens": w.tokens, "bytes": w.bytes}
+                   for s, w in writers.items()},
+    }
+    _atomic_write(folder / "meta.json", json.dumps(meta, indent=2).encode())
+    return meta
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_meta(folder: str | Path) -> dict:
+    path = Path(folder) / "meta.json"
+    if not path.is_file():
+        raise LokiError(f"no token shards in {folder} (missing meta.json): run `loki tokenize` first")
+    return json.loads(path.read_text())
+
+
+class TokenWindows:
+    """A split's token stream as non-overlapping windows of seq_len + 1 tokens (inputs and shifted targets).
+
+    Windows never cross a shard boundary; the tail of each shard shorter than a window is not used.
+    """
+
+    def __init__(self, folder: str | Path, split: str, seq_len: int):
+        meta = read_meta(folder)
+        if split not in meta["splits"]:
+            raise LokiError(f"shard folder {folder} has no {split!r} split")
+        self.seq_len = seq_len
+        self.meta = meta
+        self.arrays = []
+        for shard in meta["splits"][split]["shards"]:
+            path = Path(folder) / shard["file"]
+            if not path.is_file():
+                raise LokiError(f"shard {path} listed in meta.json is missing")
+            arr = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+            if len(arr) != shard["tokens"]:
+                raise LokiError(f"shard {path} holds {len(arr)} tokens, meta.json says {shard['tokens']}: truncated?")
+            self.arrays.append(arr)
+        counts = [max(0, (len(a) - 1) // seq_len) for a in self.arrays]
+        self._starts = np.cumsum([0] + counts)
+        if self._starts[-1] == 0:
+            tokens = meta["splits"][split]["tokens"]
+            raise LokiError(f"the {split} split holds {tokens} tokens, fewer than one window of "
+                            f"{seq_len + 1}: add data or shorten model.context_length")
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        shard = int(np.searchsorted(self._starts, i, side="right") - 1)
+        off = (i - self._starts[shard]) * self.seq_len
+        return np.asarray(self.arrays[shard][off: off + self.seq_len + 1], dtype=np.int64)
+
+    def batch(self, indices: Iterable[int]) -> np.ndarray:
+        return np.stack([self[i] for i in indices])
+
+
+class ShuffledOrder:
+    """The order windows are visited in: a fresh permutation per epoch, fixed by (seed, epoch).
+
+    Position k of the whole run is a pure function of (seed, k), so resuming needs only the sample count.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._epoch, self._perm = -1, np.empty(0, dtype=np.int64)
+
+    def __getitem__(self, k: int) -> int:
+        epoch, pos = divmod(k, self.n)
+        if epoch != self._epoch:
+            self._epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return int(self._perm[pos])
+
+    def take(self, start: int, count: int) -> Iterator[int]:
+        return (self[k] for k in range(start, start + count))

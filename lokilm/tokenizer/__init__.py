@@ -1,0 +1,5 @@
+"""Tokenizers: byte-level BPE training (and, later, cl100k_base adaptation)."""
+
+from lokilm.tokenizer.bpe import EOT, decode, encode, eot_id, load_tokenizer, token_byte_lengths, train_bpe
+
+__all__ = ["EOT", "decode", "encode", "eot_id", "load_tokenizer", "token_byte_lengths", "train_bpe"]

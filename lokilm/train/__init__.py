@@ -1,0 +1,1 @@
+"""Training: the loop, its schedules, checkpoints, spike guard and metrics."""

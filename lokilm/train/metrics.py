@@ -1,0 +1,87 @@
+"""Where training numbers go: metrics.jsonl (one object per step), events.jsonl, TensorBoard, a progress bar."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+
+
+def peak_flops(device) -> float | None:
+    """Dense bf16 peak of the GPU, for MFU; None where we do not know it (CPUs, unlisted GPUs)."""
+    import torch
+
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    table = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
+    return next((v for k, v in table.items() if k in name), None)
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, tensorboard: bool, progress: bool):
+        self.path = run_dir / "metrics.jsonl"
+        self.events_path = run_dir / "events.jsonl"
+        _truncate_after(self.path, start_step)  # a resumed run rewrites the steps after its checkpoint
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
+            except ImportError:
+                warnings.warn("tensorboard is not installed; logging to metrics.jsonl only", stacklevel=2)
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+
+    def log(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.writer.add_scalar(f"train/{k}" if not k.startswith("val") else k, v, record["step"])
+        if self.bar is not None:
+            shown = {"loss": f"{record['loss']:.3f}" if "loss" in record else None,
+                     "tok/s": f"{record['tokens_per_s']:,.0f}" if "tokens_per_s" in record else None,
+                     "mfu": f"{record['mfu']:.1%}" if record.get("mfu") is not None else None,
+                     "val_bpb": f"{record['val_bpb']:.3f}" if "val_bpb" in record else None}
+            self.bar.set_postfix({k: v for k, v in shown.items() if v is not None}, refresh=False)
+            self.bar.n = record["step"]
+            self.bar.refresh()
+
+    def rewind(self, step: int) -> None:
+        """Forget the steps after `step` (a rollback will redo them)."""
+        _truncate_after(self.path, step)
+
+    def event(self, kind: str, step: int, **info) -> None:
+        record = {"event": kind, "step": step, "time": time.time(), **info}
+        with open(self.events_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        message = f"[{kind}] step {step}: " + ", ".join(f"{k}={v}" for k, v in info.items())
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

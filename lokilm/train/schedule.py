@@ -1,0 +1,53 @@
+"""Learning-rate schedules (warmup + cosine / warmup-stable-decay) and batch-size warmup by tokens."""
+
+from __future__ import annotations
+
+import math
+
+from lokilm.config import TrainConfig
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimiser step `step` (0-based), before any batch-size rescaling."""
+    peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
+    if step < cfg.warmup_steps:
+        return peak * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return peak
+    if cfg.lr_schedule == "cosine":
+        span = max(1, cfg.max_steps - cfg.warmup_steps)
+        progress = min(1.0, (step - cfg.warmup_steps) / span)
+        return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    # wsd: hold the peak, then decay linearly to the floor over the last decay_fraction of the steps
+    decay_start = cfg.max_steps - max(1, int(cfg.decay_fraction * cfg.max_steps))
+    if step < decay_start:
+        return peak
+    progress = min(1.0, (step - decay_start) / max(1, cfg.max_steps - decay_start))
+    return peak + (floor - peak) * progress
+
+
+class BatchSizeWarmup:
+    """Grows the batch from `start` to the full size over the first `warmup_tokens` training tokens.
+
+    The batch is counted in micro-batches (the forward shape never changes, so torch.compile sees one
+    shape); the learning rate follows the batch (sqrt scaling for Adam by default), which is the
+    "rescaled accordingly" of the LokiLM recipe.
+    """
+
+    def __init__(self, cfg: TrainConfig):
+        self.micro = cfg.micro_batch_size
+        self.full = cfg.batch_size
+        self.start = (cfg.batch_warmup_start or cfg.micro_batch_size) if cfg.batch_warmup_tokens else cfg.batch_size
+        self.warmup_tokens = cfg.batch_warmup_tokens
+        self.scaling = cfg.lr_batch_scaling
+
+    def batch_size(self, tokens_seen: int) -> int:
+        """Sequences in the next optimiser step: linear in tokens, rounded down to whole micro-batches."""
+        if not self.warmup_tokens or tokens_seen >= self.warmup_tokens:
+            return self.full
+        size = self.start + (self.full - self.start) * tokens_seen / self.warmup_tokens
+        return max(self.start, int(size) // self.micro * self.micro)
+
+    def lr_scale(self, batch_size: int) -> float:
+        ratio = batch_size / self.full
+        return {"sqrt": math.sqrt(ratio), "linear": ratio, "none": 1.0}[self.scaling]

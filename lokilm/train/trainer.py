@@ -1,0 +1,245 @@
+"""The single-process training loop; batch warmup, spike rollback, evaluation and checkpoints are units it calls."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import torch
+
+from lokilm.config import Config, to_dict
+from lokilm.errors import LokiError
+from lokilm.eval.bpb import bits_per_byte
+from lokilm.model import Transformer
+from lokilm.rundir import RunDir
+from lokilm.shards import ShuffledOrder, TokenWindows, read_meta
+from lokilm.tokenizer import load_tokenizer, token_byte_lengths
+from lokilm.train.checkpoint import Checkpoint, latest_checkpoint, restore_rng, save_checkpoint
+from lokilm.train.metrics import MetricsLog, peak_flops
+from lokilm.train.schedule import BatchSizeWarmup, lr_at
+from lokilm.train.spike import SpikeGuard
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights, optimiser and RNG that a resumed run needs to continue exactly."""
+    step: int = 0
+    tokens: int = 0
+    samples: int = 0  # training windows consumed; with data_seed it fixes the position in the data order
+    data_seed: int = 0
+    rollbacks: int = 0
+    elapsed_s: float = 0.0
+    spike_injected: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LokiError("train.device=cuda but no CUDA GPU is available (use train.device=auto or cpu)")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, precision: str):
+    """A context-manager factory: bf16 autocast on CUDA (or when asked), plain fp32 otherwise."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16:
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only (not norms), as in GPT-style recipes."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = next(model.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.cfg, t = cfg, cfg.train
+        self.run = RunDir(cfg)
+        self.device = resolve_device(t.device)
+        self.autocast = autocast_for(self.device, t.precision)
+        meta = read_meta(self.run.shards)
+        if meta["vocab_size"] > cfg.model.vocab_size:
+            raise LokiError(f"the shards use a {meta['vocab_size']}-token vocabulary but model.vocab_size="
+                            f"{cfg.model.vocab_size}; raise model.vocab_size")
+        seq = cfg.model.context_length
+        self.train_windows = TokenWindows(self.run.shards, "train", seq)
+        self.val_windows = TokenWindows(self.run.shards, "val", seq) if meta["splits"]["val"]["tokens"] else None
+        self.token_bytes = token_byte_lengths(load_tokenizer(self.run.tokenizer))
+
+        torch.manual_seed(t.seed)
+        self.model = Transformer(cfg.model).to(self.device)
+        self.model.init_weights()
+        self.step_model = torch.compile(self.model) if t.compile else self.model
+        self.optimizer = build_optimizer(self.model, t)
+        self.batches = BatchSizeWarmup(t)
+        self.spike = SpikeGuard(t.spike)
+        self.state = TrainState(data_seed=t.seed)
+        self._order = ShuffledOrder(len(self.train_windows), self.state.data_seed)
+        self.flops_per_token = self.model.flops_per_token()
+        self.peak_flops = peak_flops(self.device)
+        # The loss of one micro-batch; the distillation unit swaps in its own on KD batches.
+        self.compute_loss = lambda x, y: self.step_model(x, y)
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self) -> dict:
+        t = self.cfg.train
+        resumed = self._resume()
+        self.log = MetricsLog(self.run.root, t.max_steps, self.state.step, t.tensorboard, t.progress)
+        status = "finished"
+        try:
+            if resumed is None:
+                self._save()  # step 0: a rollback target exists from the first step on
+                self.log.log({"step": 0, "tokens": 0, "val_bpb": self.evaluate()} if self.val_windows else {"step": 0})
+            else:
+                self.log.event("resume", self.state.step, checkpoint=str(resumed.path))
+            while self.state.step < t.max_steps:
+                record = self.train_step()
+                if record is None:
+                    continue  # rolled back
+                self.after_step(record)
+                if t.halt_at_step is not None and self.state.step >= t.halt_at_step and self.state.step < t.max_steps:
+                    status = "halted"
+                    break
+        except KeyboardInterrupt:
+            self.log.event("interrupted", self.state.step)
+            self._save()
+            raise
+        finally:
+            self.log.close()
+        if not self._saved_at_current_step():
+            self._save()
+        summary = {"status": status, "step": self.state.step, "tokens": self.state.tokens,
+                   "rollbacks": self.state.rollbacks, "elapsed_s": round(self.state.elapsed_s, 2),
+                   "parameters": self.model.num_params(), "device": str(self.device),
+                   "checkpoint": str(self._last_saved)}
+        self.run.write_summary("train", summary)
+        return summary
+
+    def train_step(self) -> dict | None:
+        """One optimiser step over a batch of micro-batches; None if it was a spike and we rolled back."""
+        t, seq = self.cfg.train, self.cfg.model.context_length
+        start = time.perf_counter()
+        batch_size = self.batches.batch_size(self.state.tokens)
+        lr = lr_at(self.state.step, t) * self.batches.lr_scale(batch_size)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        n_micro = batch_size // t.micro_batch_size
+        total = torch.zeros((), device=self.device)
+        for i in range(n_micro):
+            x, y = self.micro_batch(self.state.samples + i * t.micro_batch_size)
+            with self.autocast():
+                loss = self.compute_loss(x, y)
+            (loss / n_micro).backward()
+            total += loss.detach()
+        loss = float(total) / n_micro
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or float("inf")))
+        reason = self.spike.check(loss, grad_norm)
+        if reason is not None:
+            self.rollback(reason)
+            return None
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.spike.accept(loss)
+        tokens = batch_size * seq
+        dt = time.perf_counter() - start
+        s = self.state
+        s.step, s.samples, s.tokens, s.elapsed_s = s.step + 1, s.samples + batch_size, s.tokens + tokens, s.elapsed_s + dt
+        record = {"step": s.step, "loss": loss, "lr": lr, "batch_size": batch_size, "tokens": s.tokens,
+                  "tokens_per_s": tokens / dt, "grad_norm": grad_norm, "elapsed_s": s.elapsed_s}
+        if self.peak_flops:
+            record["mfu"] = self.flops_per_token * tokens / dt / self.peak_flops
+        return record
+
+    def micro_batch(self, first_sample: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._order.seed != self.state.data_seed:
+            self._order = ShuffledOrder(len(self.train_windows), self.state.data_seed)
+        idx = self._order.take(first_sample, self.cfg.train.micro_batch_size)
+        batch = torch.from_numpy(self.train_windows.batch(idx))
+        if self.state.step + 1 == self.cfg.train.inject_spike_at_step and not self.state.spike_injected:
+            # Testing aid: random tokens are a batch the model cannot have learnt, so its loss jumps.
+            batch = torch.randint(0, self.cfg.model.vocab_size, batch.shape, generator=torch.Generator().manual_seed(0))
+            self.state.spike_injected = True
+        batch = batch.to(self.device, non_blocking=True)
+        return batch[:, :-1], batch[:, 1:]
+
+    def after_step(self, record: dict) -> None:
+        t, step = self.cfg.train, self.state.step
+        if self.val_windows is not None and ((t.eval_every and step % t.eval_every == 0) or step == t.max_steps):
+            record["val_bpb"] = self.evaluate()
+        if step % t.log_every == 0 or "val_bpb" in record or step == t.max_steps:
+            self.log.log(record)
+        if step % t.checkpoint_every == 0 or step == t.halt_at_step:
+            self._save()
+
+    # ------------------------------------------------------------------ units the loop calls
+
+    def evaluate(self) -> float:
+        t = self.cfg.train
+        return bits_per_byte(self.step_model, self.val_windows, self.token_bytes, t.eval_batches * t.micro_batch_size,
+                             t.micro_batch_size, self.device, self.autocast)
+
+    def rollback(self, reason: str) -> None:
+        """Back to the last good checkpoint with a new data order and dropout seed; capped."""
+        t = self.cfg.train
+        failed_step, count = self.state.step + 1, self.state.rollbacks + 1
+        if count > t.spike.max_rollbacks:
+            self.log.event("rollback_limit", failed_step, reason=reason, rollbacks=count - 1)
+            raise LokiError(f"loss spike at step {failed_step} ({reason}) after {count - 1} rollbacks "
+                            f"(train.spike.max_rollbacks={t.spike.max_rollbacks}); giving up. The last good "
+                            f"checkpoint is {self._last_saved}")
+        ckpt = latest_checkpoint(self.run.checkpoints)
+        if ckpt is None:
+            raise LokiError(f"loss spike at step {failed_step} ({reason}) and no checkpoint to roll back to")
+        injected = self.state.spike_injected
+        self._load(ckpt)
+        self.state.rollbacks, self.state.spike_injected = count, injected
+        self.state.data_seed = t.seed + 1000 * count
+        torch.manual_seed(t.seed + 7919 * count)  # new dropout masks too
+        self.optimizer.zero_grad(set_to_none=True)
+        self.log.rewind(ckpt.step)
+        self.log.event("rollback", failed_step, reason=reason, to_step=ckpt.step, rollbacks=count,
+                       new_data_seed=self.state.data_seed)
+
+    def _resume(self) -> Checkpoint | None:
+        ckpt = latest_checkpoint(self.run.checkpoints)
+        if ckpt is None:
+            return None
+        saved_model = ckpt.state["config"]["model"]
+        if saved_model != to_dict(self.cfg.model):
+            changed = [k for k in saved_model if saved_model[k] != getattr(self.cfg.model, k, None)]
+            raise LokiError(f"{self.run.root} holds a checkpoint of a different model (model.{', model.'.join(changed)} "
+                            f"changed); use a new run_dir or restore those settings")
+        self._load(ckpt)
+        return ckpt
+
+    def _load(self, ckpt: Checkpoint) -> None:
+        ckpt.load_model(self.model)
+        ckpt.load_optimizer(self.optimizer)
+        restore_rng(ckpt.rng_states())
+        self.state = TrainState(**ckpt.state["trainer"])
+        self.spike.load_state_dict(ckpt.state["spike"])
+        self._last_saved = ckpt.path
+
+    def _save(self) -> None:
+        state = {"step": self.state.step, "trainer": dataclasses.asdict(self.state),
+                 "spike": self.spike.state_dict(), "config": to_dict(self.cfg)}
+        self._last_saved = save_checkpoint(self.run.checkpoints, self.state.step, self.model, self.optimizer,
+                                           state, keep=self.cfg.train.keep_checkpoints)
+
+    def _saved_at_current_step(self) -> bool:
+        return getattr(self, "_last_saved", None) is not None and self._last_saved.name == f"step_{self.state.step:08d}"
+
+
+def train(cfg: Config) -> dict:
+    RunDir(cfg).save_config()
+    return Trainer(cfg).fit()
