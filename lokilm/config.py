@@ -102,7 +102,7 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
     spike: SpikeConfig = field(default_factory=SpikeConfig)
-    # Testing aid: corrupt the batch of this step (once) with random tokens to provoke a loss spike.
+    # Testing aid: make this step's update 1000x too large (once), so the next step's loss spikes.
     inject_spike_at_step: int | None = None
 
 

@@ -51,12 +51,13 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def causal_bias(q_len: int, kv_len: int, slopes: Tensor | None, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """Additive attention bias of shape (n_head or 1, q_len, kv_len): ALiBi's slope * (k_pos - q_pos), -inf for the future."""
+    """Additive bias of shape (n_head or 1, q_len, kv_len): ALiBi's slope * (k_pos - q_pos), -inf for the future."""
     q_pos = torch.arange(kv_len - q_len, kv_len, device=device)
     k_pos = torch.arange(kv_len, device=device)
     distance = (k_pos[None, :] - q_pos[:, None]).float()  # <= 0 for the past
     # In float32 first: bf16 cannot hold distances above 256 exactly.
-    bias = torch.zeros_like(distance)[None] if slopes is None else slopes.to(device).float()[:, None, None] * distance
+    slope = torch.zeros(1, device=device) if slopes is None else slopes.to(device).float()
+    bias = slope[:, None, None] * distance
     return bias.masked_fill(distance > 0, float("-inf")).to(dtype)
 
 

@@ -51,8 +51,8 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_head * self.head_dim, cfg.d_model, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, attend: Attend, rope: tuple[Tensor, Tensor] | None,
-                cache: KVCache | None, layer: int) -> Tensor:
+    def forward(self, x: Tensor, attend: Attend, rope: tuple[Tensor, Tensor] | None = None,
+                cache: KVCache | None = None, layer: int = 0) -> Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
@@ -130,7 +130,7 @@ class Transformer(nn.Module):
         Targets equal to -1 are ignored. With a cache, idx continues the sequence the cache holds.
         """
         cfg = self.cfg
-        B, T = idx.shape
+        T = idx.shape[1]
         start = 0 if cache is None else cache.length
         positions = torch.arange(start, start + T, device=idx.device)
         x = self.tok_embeddings(idx)

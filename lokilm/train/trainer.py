@@ -131,6 +131,10 @@ class Trainer:
         start = time.perf_counter()
         batch_size = self.batches.batch_size(self.state.tokens)
         lr = lr_at(self.state.step, t) * self.batches.lr_scale(batch_size)
+        if self.state.step + 1 == t.inject_spike_at_step and not self.state.spike_injected:
+            # Testing aid: one wildly oversized update, the way real instabilities start; the loss of the
+            # next step spikes and the guard must roll back past this one.
+            lr, self.state.spike_injected = lr * 1000, True
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         n_micro = batch_size // t.micro_batch_size
@@ -165,10 +169,6 @@ class Trainer:
             self._order = ShuffledOrder(len(self.train_windows), self.state.data_seed)
         idx = self._order.take(first_sample, self.cfg.train.micro_batch_size)
         batch = torch.from_numpy(self.train_windows.batch(idx))
-        if self.state.step + 1 == self.cfg.train.inject_spike_at_step and not self.state.spike_injected:
-            # Testing aid: random tokens are a batch the model cannot have learnt, so its loss jumps.
-            batch = torch.randint(0, self.cfg.model.vocab_size, batch.shape, generator=torch.Generator().manual_seed(0))
-            self.state.spike_injected = True
         batch = batch.to(self.device, non_blocking=True)
         return batch[:, :-1], batch[:, 1:]
 

@@ -1,0 +1,167 @@
+import json
+import shutil
+import warnings
+
+import pytest
+
+from lokilm import stages
+from lokilm.config import load_config
+from lokilm.errors import LokiError
+from lokilm.train import checkpoint as ckpt_mod
+from lokilm.train.checkpoint import latest_checkpoint, list_checkpoints
+from lokilm.train.metrics import read_metrics
+from lokilm.train.spike import SpikeGuard
+from lokilm.train.trainer import train
+
+SMALL = ["model.vocab_size=512", "model.n_layer=2", "model.n_head=2", "model.d_model=64", "model.d_ff=128",
+         "model.context_length=64", "train.micro_batch_size=8", "train.batch_size=16", "train.lr=3e-3",
+         "train.warmup_steps=5", "train.eval_batches=2", "train.progress=false", "train.tensorboard=false"]
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """A tokenizer and shards built by the real stages from bundled Shakespeare, shared by the tests."""
+    root = tmp_path_factory.mktemp("prepared")
+    cfg = load_config("configs/tiny.yaml", SMALL + [f"run_dir={root}", "data.inputs=[data/corpus/shakespeare]",
+                                                    "data.holdout_fraction=0.2", "tokenizer.train_max_bytes=3000000"])
+    stages.tokenizer_stage(cfg)
+    stages.tokenize_stage(cfg)
+    return root
+
+
+def make_cfg(prepared, run_dir, *overrides):
+    return load_config("configs/tiny.yaml", SMALL + [f"run_dir={run_dir}", f"data.shards={prepared}/shards",
+                                                     f"tokenizer.path={prepared}/tokenizer.json", *overrides])
+
+
+def losses(run_dir):
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
+
+
+def test_resume_continues_exactly(prepared, tmp_path):
+    common = ["train.max_steps=16", "train.checkpoint_every=4", "model.dropout=0.1", "train.eval_every=8"]
+    full = train(make_cfg(prepared, tmp_path / "full", *common))
+    assert full["status"] == "finished" and full["step"] == 16
+
+    halted = train(make_cfg(prepared, tmp_path / "split", *common, "train.halt_at_step=6"))
+    assert halted["status"] == "halted" and halted["step"] == 6
+    resumed = train(make_cfg(prepared, tmp_path / "split", *common))  # the same command again resumes
+    assert resumed["status"] == "finished"
+
+    a, b = losses(tmp_path / "full"), losses(tmp_path / "split")
+    assert sorted(b) == list(range(1, 17))  # one record per step, none repeated
+    assert [b[s] for s in range(7, 17)] == [a[s] for s in range(7, 17)]  # bit-identical after the resume
+    events = [json.loads(x) for x in (tmp_path / "split" / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "resume" and events[-1]["step"] == 6
+
+
+def test_injected_spike_rolls_back_and_finishes(prepared, tmp_path):
+    run = tmp_path / "spike"
+    cfg = make_cfg(prepared, run, "train.max_steps=30", "train.checkpoint_every=5", "train.inject_spike_at_step=24",
+                   "train.spike.min_history=10")
+    summary = train(cfg)
+    assert summary["status"] == "finished" and summary["step"] == 30 and summary["rollbacks"] == 1
+    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    rollback = [e for e in events if e["event"] == "rollback"]
+    assert len(rollback) == 1 and rollback[0]["step"] == 25 and rollback[0]["to_step"] == 20
+    assert sorted(losses(run)) == list(range(1, 31))  # the rewound steps were redone, each logged once
+    assert max(loss for step, loss in losses(run).items() if step > 5) < 6.5  # the wrecked weights are gone
+
+
+def test_rollbacks_are_capped(prepared, tmp_path):
+    # A detector so strict that every step after the history fills is a "spike": it must give up, clearly.
+    cfg = make_cfg(prepared, tmp_path / "cap", "train.max_steps=20", "train.checkpoint_every=2",
+                   "train.spike.min_history=3", "train.spike.zscore=-100", "train.spike.min_ratio=0",
+                   "train.spike.max_rollbacks=2")
+    with pytest.raises(LokiError, match="after 2 rollbacks"):
+        train(cfg)
+    events = (tmp_path / "cap" / "events.jsonl").read_text()
+    assert events.count('"rollback"') == 2 and "rollback_limit" in events
+
+
+def test_spike_guard_flags_nan_and_jumps():
+    from lokilm.config import SpikeConfig
+
+    guard = SpikeGuard(SpikeConfig(min_history=5))
+    assert guard.check(float("nan"), 1.0).startswith("non-finite loss")
+    assert guard.check(3.0, float("inf")).startswith("non-finite gradient")
+    for loss in [3.0, 3.1, 2.9, 3.0, 3.05]:
+        assert guard.check(loss, 1.0) is None
+        guard.accept(loss)
+    assert guard.check(3.2, 1.0) is None
+    assert "recent mean" in guard.check(9.0, 1.0)
+
+
+def test_corrupt_latest_checkpoint_is_rejected(prepared, tmp_path):
+    run = tmp_path / "corrupt"
+    train(make_cfg(prepared, run, "train.max_steps=8", "train.checkpoint_every=4"))
+    steps = [p.name for p in list_checkpoints(run / "checkpoints")]
+    assert steps == ["step_00000000", "step_00000004", "step_00000008"]
+    weights = run / "checkpoints" / "step_00000008" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="step_00000008 is corrupt: model.safetensors fails its sha256"):
+        assert latest_checkpoint(run / "checkpoints").step == 4
+    # resuming picks the good one and trains on to the end
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = train(make_cfg(prepared, run, "train.max_steps=10", "train.checkpoint_every=4"))
+    assert summary["step"] == 10
+    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    assert events[-1] == {**events[-1], "event": "resume", "step": 4}
+
+
+def test_truncated_checkpoint_and_leftover_temp_folder(prepared, tmp_path):
+    run = tmp_path / "trunc"
+    train(make_cfg(prepared, run, "train.max_steps=4", "train.checkpoint_every=2"))
+    opt = run / "checkpoints" / "step_00000004" / "optimizer.safetensors"
+    opt.write_bytes(opt.read_bytes()[:100])
+    (run / "checkpoints" / ".tmp-step_00000006-123").mkdir()  # a save that died half way
+    with pytest.warns(UserWarning, match="truncated"):
+        assert latest_checkpoint(run / "checkpoints").step == 2
+
+
+def test_failed_save_keeps_previous_checkpoints(prepared, tmp_path, monkeypatch):
+    run = tmp_path / "diskfull"
+    train(make_cfg(prepared, run, "train.max_steps=4", "train.checkpoint_every=2"))
+    before = list_checkpoints(run / "checkpoints")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt_mod, "save_file", disk_full)
+    with pytest.raises(LokiError, match="could not write checkpoint .* the previous checkpoints are intact"):
+        train(make_cfg(prepared, run, "train.max_steps=6", "train.checkpoint_every=2"))
+    assert list_checkpoints(run / "checkpoints") == before
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+    assert latest_checkpoint(run / "checkpoints").step == 4
+
+
+def test_changed_model_shape_is_refused_on_resume(prepared, tmp_path):
+    run = tmp_path / "shape"
+    train(make_cfg(prepared, run, "train.max_steps=2"))
+    with pytest.raises(LokiError, match="model.d_ff"):
+        train(make_cfg(prepared, run, "train.max_steps=4", "model.d_ff=96"))
+
+
+def test_batch_size_warmup_and_metrics(prepared, tmp_path):
+    run = tmp_path / "warm"
+    train(make_cfg(prepared, run, "train.max_steps=12", "train.batch_size=32", "train.batch_warmup_tokens=8192",
+                   "train.batch_warmup_start=8", "train.eval_every=6", "train.tensorboard=true"))
+    records = [r for r in read_metrics(run) if "loss" in r]
+    sizes = [r["batch_size"] for r in records]
+    assert sizes[0] == 8 and sizes[-1] == 32 and sizes == sorted(sizes)
+    assert records[0]["tokens"] == 8 * 64 and records[-1]["tokens"] == sum(s * 64 for s in sizes)
+    for r in records:
+        assert {"step", "loss", "lr", "tokens", "tokens_per_s"} <= set(r)
+    assert records[0]["lr"] < records[1]["lr"]  # warmup, and smaller batches get a smaller lr
+    assert [r["step"] for r in read_metrics(run) if "val_bpb" in r] == [0, 6, 12]
+    assert list((run / "tensorboard").iterdir())
+
+
+def test_training_lowers_held_out_bits_per_byte(prepared, tmp_path):
+    run = tmp_path / "learn"
+    train(make_cfg(prepared, run, "train.max_steps=60", "train.eval_every=30"))
+    bpb = {r["step"]: r["val_bpb"] for r in read_metrics(run) if "val_bpb" in r}
+    assert bpb[60] < 0.85 * bpb[0]
