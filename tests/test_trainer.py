@@ -1,11 +1,8 @@
 import json
-import shutil
 import warnings
 
 import pytest
 
-from lokilm import stages
-from lokilm.config import load_config
 from lokilm.errors import LokiError
 from lokilm.train import checkpoint as ckpt_mod
 from lokilm.train.checkpoint import latest_checkpoint, list_checkpoints
@@ -13,39 +10,19 @@ from lokilm.train.metrics import read_metrics
 from lokilm.train.spike import SpikeGuard
 from lokilm.train.trainer import train
 
-SMALL = ["model.vocab_size=512", "model.n_layer=2", "model.n_head=2", "model.d_model=64", "model.d_ff=128",
-         "model.context_length=64", "train.micro_batch_size=8", "train.batch_size=16", "train.lr=3e-3",
-         "train.warmup_steps=5", "train.eval_batches=2", "train.progress=false", "train.tensorboard=false"]
-
-
-@pytest.fixture(scope="session")
-def prepared(tmp_path_factory):
-    """A tokenizer and shards built by the real stages from bundled Shakespeare, shared by the tests."""
-    root = tmp_path_factory.mktemp("prepared")
-    cfg = load_config("configs/tiny.yaml", SMALL + [f"run_dir={root}", "data.inputs=[data/corpus/shakespeare]",
-                                                    "data.holdout_fraction=0.2", "tokenizer.train_max_bytes=3000000"])
-    stages.tokenizer_stage(cfg)
-    stages.tokenize_stage(cfg)
-    return root
-
-
-def make_cfg(prepared, run_dir, *overrides):
-    return load_config("configs/tiny.yaml", SMALL + [f"run_dir={run_dir}", f"data.shards={prepared}/shards",
-                                                     f"tokenizer.path={prepared}/tokenizer.json", *overrides])
-
 
 def losses(run_dir):
     return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
 
 
-def test_resume_continues_exactly(prepared, tmp_path):
+def test_resume_continues_exactly(make_cfg, tmp_path):
     common = ["train.max_steps=16", "train.checkpoint_every=4", "model.dropout=0.1", "train.eval_every=8"]
-    full = train(make_cfg(prepared, tmp_path / "full", *common))
+    full = train(make_cfg(tmp_path / "full", *common))
     assert full["status"] == "finished" and full["step"] == 16
 
-    halted = train(make_cfg(prepared, tmp_path / "split", *common, "train.halt_at_step=6"))
+    halted = train(make_cfg(tmp_path / "split", *common, "train.halt_at_step=6"))
     assert halted["status"] == "halted" and halted["step"] == 6
-    resumed = train(make_cfg(prepared, tmp_path / "split", *common))  # the same command again resumes
+    resumed = train(make_cfg(tmp_path / "split", *common))  # the same command again resumes
     assert resumed["status"] == "finished"
 
     a, b = losses(tmp_path / "full"), losses(tmp_path / "split")
@@ -55,9 +32,9 @@ def test_resume_continues_exactly(prepared, tmp_path):
     assert events[-1]["event"] == "resume" and events[-1]["step"] == 6
 
 
-def test_injected_spike_rolls_back_and_finishes(prepared, tmp_path):
+def test_injected_spike_rolls_back_and_finishes(make_cfg, tmp_path):
     run = tmp_path / "spike"
-    cfg = make_cfg(prepared, run, "train.max_steps=30", "train.checkpoint_every=5", "train.inject_spike_at_step=24",
+    cfg = make_cfg(run, "train.max_steps=30", "train.checkpoint_every=5", "train.inject_spike_at_step=24",
                    "train.spike.min_history=10")
     summary = train(cfg)
     assert summary["status"] == "finished" and summary["step"] == 30 and summary["rollbacks"] == 1
@@ -68,9 +45,9 @@ def test_injected_spike_rolls_back_and_finishes(prepared, tmp_path):
     assert max(loss for step, loss in losses(run).items() if step > 5) < 6.5  # the wrecked weights are gone
 
 
-def test_rollbacks_are_capped(prepared, tmp_path):
+def test_rollbacks_are_capped(make_cfg, tmp_path):
     # A detector so strict that every step after the history fills is a "spike": it must give up, clearly.
-    cfg = make_cfg(prepared, tmp_path / "cap", "train.max_steps=20", "train.checkpoint_every=2",
+    cfg = make_cfg(tmp_path / "cap", "train.max_steps=20", "train.checkpoint_every=2",
                    "train.spike.min_history=3", "train.spike.zscore=-100", "train.spike.min_ratio=0",
                    "train.spike.max_rollbacks=2")
     with pytest.raises(LokiError, match="after 2 rollbacks"):
@@ -92,9 +69,9 @@ def test_spike_guard_flags_nan_and_jumps():
     assert "recent mean" in guard.check(9.0, 1.0)
 
 
-def test_corrupt_latest_checkpoint_is_rejected(prepared, tmp_path):
+def test_corrupt_latest_checkpoint_is_rejected(make_cfg, tmp_path):
     run = tmp_path / "corrupt"
-    train(make_cfg(prepared, run, "train.max_steps=8", "train.checkpoint_every=4"))
+    train(make_cfg(run, "train.max_steps=8", "train.checkpoint_every=4"))
     steps = [p.name for p in list_checkpoints(run / "checkpoints")]
     assert steps == ["step_00000000", "step_00000004", "step_00000008"]
     weights = run / "checkpoints" / "step_00000008" / "model.safetensors"
@@ -106,15 +83,15 @@ def test_corrupt_latest_checkpoint_is_rejected(prepared, tmp_path):
     # resuming picks the good one and trains on to the end
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        summary = train(make_cfg(prepared, run, "train.max_steps=10", "train.checkpoint_every=4"))
+        summary = train(make_cfg(run, "train.max_steps=10", "train.checkpoint_every=4"))
     assert summary["step"] == 10
     events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
     assert events[-1] == {**events[-1], "event": "resume", "step": 4}
 
 
-def test_truncated_checkpoint_and_leftover_temp_folder(prepared, tmp_path):
+def test_truncated_checkpoint_and_leftover_temp_folder(make_cfg, tmp_path):
     run = tmp_path / "trunc"
-    train(make_cfg(prepared, run, "train.max_steps=4", "train.checkpoint_every=2"))
+    train(make_cfg(run, "train.max_steps=4", "train.checkpoint_every=2"))
     opt = run / "checkpoints" / "step_00000004" / "optimizer.safetensors"
     opt.write_bytes(opt.read_bytes()[:100])
     (run / "checkpoints" / ".tmp-step_00000006-123").mkdir()  # a save that died half way
@@ -122,9 +99,9 @@ def test_truncated_checkpoint_and_leftover_temp_folder(prepared, tmp_path):
         assert latest_checkpoint(run / "checkpoints").step == 2
 
 
-def test_failed_save_keeps_previous_checkpoints(prepared, tmp_path, monkeypatch):
+def test_failed_save_keeps_previous_checkpoints(make_cfg, tmp_path, monkeypatch):
     run = tmp_path / "diskfull"
-    train(make_cfg(prepared, run, "train.max_steps=4", "train.checkpoint_every=2"))
+    train(make_cfg(run, "train.max_steps=4", "train.checkpoint_every=2"))
     before = list_checkpoints(run / "checkpoints")
 
     def disk_full(*args, **kwargs):
@@ -132,22 +109,22 @@ def test_failed_save_keeps_previous_checkpoints(prepared, tmp_path, monkeypatch)
 
     monkeypatch.setattr(ckpt_mod, "save_file", disk_full)
     with pytest.raises(LokiError, match="could not write checkpoint .* the previous checkpoints are intact"):
-        train(make_cfg(prepared, run, "train.max_steps=6", "train.checkpoint_every=2"))
+        train(make_cfg(run, "train.max_steps=6", "train.checkpoint_every=2"))
     assert list_checkpoints(run / "checkpoints") == before
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp")]
     assert latest_checkpoint(run / "checkpoints").step == 4
 
 
-def test_changed_model_shape_is_refused_on_resume(prepared, tmp_path):
+def test_changed_model_shape_is_refused_on_resume(make_cfg, tmp_path):
     run = tmp_path / "shape"
-    train(make_cfg(prepared, run, "train.max_steps=2"))
+    train(make_cfg(run, "train.max_steps=2"))
     with pytest.raises(LokiError, match="model.d_ff"):
-        train(make_cfg(prepared, run, "train.max_steps=4", "model.d_ff=96"))
+        train(make_cfg(run, "train.max_steps=4", "model.d_ff=96"))
 
 
-def test_batch_size_warmup_and_metrics(prepared, tmp_path):
+def test_batch_size_warmup_and_metrics(make_cfg, tmp_path):
     run = tmp_path / "warm"
-    train(make_cfg(prepared, run, "train.max_steps=12", "train.batch_size=32", "train.batch_warmup_tokens=8192",
+    train(make_cfg(run, "train.max_steps=12", "train.batch_size=32", "train.batch_warmup_tokens=8192",
                    "train.batch_warmup_start=8", "train.eval_every=6", "train.tensorboard=true"))
     records = [r for r in read_metrics(run) if "loss" in r]
     sizes = [r["batch_size"] for r in records]
@@ -160,8 +137,8 @@ def test_batch_size_warmup_and_metrics(prepared, tmp_path):
     assert list((run / "tensorboard").iterdir())
 
 
-def test_training_lowers_held_out_bits_per_byte(prepared, tmp_path):
+def test_training_lowers_held_out_bits_per_byte(make_cfg, tmp_path):
     run = tmp_path / "learn"
-    train(make_cfg(prepared, run, "train.max_steps=60", "train.eval_every=30"))
+    train(make_cfg(run, "train.max_steps=60", "train.eval_every=30"))
     bpb = {r["step"]: r["val_bpb"] for r in read_metrics(run) if "val_bpb" in r}
     assert bpb[60] < 0.85 * bpb[0]
