@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 from lokilm.config import Config
-from lokilm.data.readers import ReadStats, iter_documents
+from lokilm.data.readers import DataError, ReadStats, iter_documents
 from lokilm.rundir import RunDir
 from lokilm.shards import read_meta, split_of, write_shards
 from lokilm.tokenizer import load_tokenizer, train_bpe
@@ -43,6 +43,9 @@ def tokenizer_stage(cfg: Config) -> dict:
     start, stats = time.time(), ReadStats()
     print(f"tokenizer: training a {vocab}-token byte-level BPE on up to {cfg.tokenizer.train_max_bytes:,} bytes", flush=True)
     tok = train_bpe(take_bytes(_train_texts(cfg, stats), cfg.tokenizer.train_max_bytes), vocab, cfg.tokenizer.min_frequency)
+    if stats.documents == 0:
+        raise DataError(f"no documents could be read from data.inputs={cfg.data.inputs} "
+                        f"(skipped: {stats.skipped or 'nothing'}, examples: {stats.examples})")
     run.root.mkdir(parents=True, exist_ok=True)
     tok.save(str(run.tokenizer))
     summary = {"status": "done", "inputs": wanted, "path": str(run.tokenizer), "vocab_size": tok.get_vocab_size(),

@@ -32,6 +32,13 @@ def test_empty_data_is_a_clear_error(capsys, tmp_path):
     assert code == 2 and "no readable documents" in err and "empty_file" in err
 
 
+def test_an_empty_data_file_is_a_clear_error(capsys, tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    code, _, err = run_cli(capsys, "tokenizer", "train", "configs/tiny.yaml", f"run_dir={tmp_path}/run",
+                           f"data.inputs=[{tmp_path}/empty.txt]")
+    assert code == 2 and "no documents could be read" in err and "empty_file" in err
+
+
 def test_train_without_shards_says_what_to_run(capsys, tmp_path):
     code, _, err = run_cli(capsys, "train", "configs/tiny.yaml", f"run_dir={tmp_path}")
     assert code == 2 and "run `loki tokenize` first" in err
