@@ -9,8 +9,8 @@ Layout of a shard folder:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from lokilm.errors import LokiError
+from lokilm.fileio import atomic_write
 
 SPLITS = ("train", "val")
 
@@ -57,10 +58,10 @@ class _SplitWriter:
         if not self._len:
             return
         name = f"{self.split}_{len(self.shards):05d}"
-        _atomic_write(self.folder / f"{name}.bin", np.concatenate(self._buf).tobytes())
-        with open(self.folder / f"{name}.idx.npy.tmp", "wb") as f:
-            np.save(f, np.asarray(self._starts, dtype=np.int64))
-        os.replace(self.folder / f"{name}.idx.npy.tmp", self.folder / f"{name}.idx.npy")
+        atomic_write(self.folder / f"{name}.bin", np.concatenate(self._buf).tobytes())
+        index = io.BytesIO()
+        np.save(index, np.asarray(self._starts, dtype=np.int64))
+        atomic_write(self.folder / f"{name}.idx.npy", index.getvalue())
         self.shards.append({"file": f"{name}.bin", "tokens": self._len, "documents": len(self._starts)})
         self._buf, self._starts, self._len = [], [], 0
 
@@ -110,17 +111,8 @@ def write_shards(docs: Iterable[tuple[str, str]], tokenizer, folder: str | Path,
         "splits": {s: {"shards": w.shards, "documents": w.documents, "tokens": w.tokens, "bytes": w.bytes}
                    for s, w in writers.items()},
     }
-    _atomic_write(folder / "meta.json", json.dumps(meta, indent=2).encode())
+    atomic_write(folder / "meta.json", json.dumps(meta, indent=2).encode())
     return meta
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_meta(folder: str | Path) -> dict:

@@ -6,12 +6,12 @@ after an interruption and picks up where it stopped (training resumes from its l
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterator
 
 from lokilm.config import Config
 from lokilm.data.readers import DataError, ReadStats, iter_documents
+from lokilm.fileio import sha256_file
 from lokilm.rundir import RunDir
 from lokilm.shards import read_meta, split_of, write_shards
 from lokilm.tokenizer import load_tokenizer, train_bpe
@@ -23,10 +23,6 @@ def _train_texts(cfg: Config, stats: ReadStats) -> Iterator[str]:
     for doc in iter_documents(cfg.data.inputs, text_field=cfg.data.text_field, stats=stats):
         if split_of(doc.id, cfg.data.holdout_fraction) == "train":
             yield doc.text
-
-
-def _file_sha256(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def tokenizer_stage(cfg: Config) -> dict:
@@ -60,7 +56,7 @@ def tokenize_stage(cfg: Config) -> dict:
         meta = read_meta(run.shards)
         return {"status": "given", "path": str(run.shards), "tokens": meta["splits"]["train"]["tokens"]}
     wanted = {"inputs": cfg.data.inputs, "text_field": cfg.data.text_field, "holdout_fraction": cfg.data.holdout_fraction,
-              "shard_tokens": cfg.data.shard_tokens, "tokenizer_sha256": _file_sha256(run.tokenizer)}
+              "shard_tokens": cfg.data.shard_tokens, "tokenizer_sha256": sha256_file(run.tokenizer)}
     done = run.read_summary("tokenize")
     if done and done.get("inputs") == wanted and (run.shards / "meta.json").is_file():
         return {**done, "status": "skipped (done)"}

@@ -12,7 +12,6 @@ previous checkpoints untouched; loading checks every checksum and falls back to 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from lokilm.errors import LokiError
+from lokilm.fileio import sha256_file
 
 MANIFEST = "manifest.json"
 
@@ -65,14 +65,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_checkpoint(folder: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict, keep: int) -> Path:
     """Write checkpoint `step` atomically, then delete all but the newest `keep` checkpoints."""
@@ -93,7 +85,7 @@ def save_checkpoint(folder: str | Path, step: int, model: torch.nn.Module, optim
         for name in files:  # flush to disk before the manifest vouches for them
             with open(tmp / name, "rb+") as f:
                 os.fsync(f.fileno())
-        manifest = {name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size} for name in files}
+        manifest = {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size} for name in files}
         with open(tmp / MANIFEST, "w") as f:
             json.dump({"step": step, "files": manifest}, f, indent=1)
             f.flush()
@@ -151,7 +143,7 @@ def verify(path: Path) -> str | None:
             return f"{name} is missing"
         if p.stat().st_size != info["bytes"]:
             return f"{name} has {p.stat().st_size} bytes, expected {info['bytes']} (truncated?)"
-        if _sha256(p) != info["sha256"]:
+        if sha256_file(p) != info["sha256"]:
             return f"{name} fails its sha256 checksum"
     return None
 
