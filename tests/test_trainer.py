@@ -142,3 +142,12 @@ def test_training_lowers_held_out_bits_per_byte(make_cfg, tmp_path):
     train(make_cfg(run, "train.max_steps=60", "train.eval_every=30"))
     bpb = {r["step"]: r["val_bpb"] for r in read_metrics(run) if "val_bpb" in r}
     assert bpb[60] < 0.85 * bpb[0]
+
+
+def test_compiled_training_matches_eager(make_cfg, tmp_path):
+    # torch.compile must not change the numbers, only the speed (CPU Inductor here; CUDA on the GPU machine).
+    eager = train(make_cfg(tmp_path / "eager", "train.max_steps=2"))
+    compiled = train(make_cfg(tmp_path / "compiled", "train.max_steps=2", "train.compile=true"))
+    assert eager["step"] == compiled["step"] == 2
+    a, b = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert b == pytest.approx(a, rel=1e-4)
