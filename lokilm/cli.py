@@ -23,11 +23,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     tok = sub.add_parser("tokenizer", help="build a tokenizer")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
-    _config_args(tok_sub.add_parser("train", help="train a byte-level BPE on the config's data", description=STAGE_HELP))
+    _config_args(tok_sub.add_parser("train", help="build the config's tokenizer on its data (a byte-level BPE, "
+                                    "or cl100k_base adapted when tokenizer.kind=adapt)", description=STAGE_HELP))
+    _config_args(tok_sub.add_parser("adapt", help="prune cl100k_base to the tokenizer size on the config's data "
+                                    "(tokenizer.kind=adapt)", description=STAGE_HELP))
+    _config_args(tok_sub.add_parser("compare", help="held-out bytes per token of cl100k_base, the adapted vocabulary "
+                                    "and a fresh BPE of the same size", description=STAGE_HELP))
 
+    _config_args(sub.add_parser(
+        "curate", help="curate data.inputs into run_dir/curate/ (`loki curate train-classifier CONFIG`: train the "
+        "quality classifier)", description=STAGE_HELP))
     _config_args(sub.add_parser("tokenize", help="tokenize the config's data into train/val shards", description=STAGE_HELP))
     _config_args(sub.add_parser("train", help="train (or resume training) a model", description=STAGE_HELP))
-    _config_args(sub.add_parser("run", help="every stage in order: tokenizer, tokenize, train, generate", description=STAGE_HELP))
+    _config_args(sub.add_parser("run", help="every stage in order: curate (when curate.enabled), tokenizer, tokenize, train, eval, generate", description=STAGE_HELP))
 
     gen = sub.add_parser("generate", help="sample from a run's latest checkpoint")
     gen.add_argument("run_dir")
@@ -37,6 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, help="0 turns top-k off")
     gen.add_argument("--top-p", type=float, help="1 turns nucleus sampling off")
     gen.add_argument("--seed", type=int)
+
+    ev = sub.add_parser("eval", help="benchmarks (lm-evaluation-harness), bits per byte, WinoBias and the paper's "
+                        "prompts for a run's latest checkpoint; writes RUN_DIR/eval/PRESET/")
+    ev.add_argument("run_dir")
+    ev.add_argument("--preset", help="quick (default), openllm or lokilm-paper")
+    ev.add_argument("--tasks", help="comma-separated subset of the preset's tasks")
+    ev.add_argument("--limit", type=int, help="score only the first N items of each task and of each WinoBias file (a smoke test)")
+    ev.add_argument("--batch-size", type=int)
+    ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ev.add_argument("overrides", nargs="*", metavar="key=value", help="eval settings, e.g. eval.winobias=false")
+
+    cmp = sub.add_parser("compare", help="paired comparison of two evaluated runs on the same items")
+    cmp.add_argument("run_a")
+    cmp.add_argument("run_b")
+    cmp.add_argument("--preset", default="quick", help="the evaluation both runs have (default quick)")
+    cmp.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates")
     return parser
 
 
@@ -60,15 +84,53 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "generate":
         return _generate(args)
-    cfg = load_config(args.config, args.overrides)
+    if args.command in ("eval", "compare"):
+        from lokilm.eval.cli import compare_command, eval_command
+
+        return eval_command(args) if args.command == "eval" else compare_command(args)
+    if args.command == "curate":
+        return _curate(args)
+    subcommand = getattr(args, "tokenizer_command", None)
+    cfg = load_config(args.config, args.overrides + (["tokenizer.kind=adapt"] if subcommand == "adapt" else []))
     if args.command == "run":
         stages.run_all(cfg)
         print(f"\nrun directory: {cfg.run_dir}  (stage summaries in {cfg.run_dir}/stages/)")
         return 0
     stage = "tokenizer" if args.command == "tokenizer" else args.command
     RunDir(cfg).save_config()
-    summary = stages.STAGES[stage](cfg)
+    if subcommand == "compare":
+        from lokilm.tokenizer.compare import compare_stage
+
+        summary = compare_stage(cfg)
+    else:
+        summary = stages.STAGES[stage](cfg)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("read", "inputs")}, indent=2))
+    return 0
+
+
+def _curate(args: argparse.Namespace) -> int:
+    from lokilm.config import load_config
+    from lokilm.rundir import RunDir
+
+    train = args.config == "train-classifier"
+    if train:
+        if not args.overrides:
+            raise LokiError("usage: loki curate train-classifier CONFIG [key=value ...]")
+        args.config, args.overrides = args.overrides[0], args.overrides[1:]
+    cfg = load_config(args.config, args.overrides)
+    if train:
+        from lokilm.curate.classifier import train_classifier
+
+        model = train_classifier(cfg.curate.classifier, cfg.curate.embedding)
+        print(json.dumps({k: v for k, v in model.items() if k != "coef"}, indent=2))
+        print(f"classifier written to {cfg.curate.classifier.path}")
+        return 0
+    from lokilm.curate.pipeline import curate_json, curate_stage
+
+    RunDir(cfg).save_config()
+    summary = curate_stage(cfg)
+    print(curate_json(summary))
+    print(f"report: {RunDir(cfg).root / 'curate' / 'report.md'}")
     return 0
 
 

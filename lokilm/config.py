@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import yaml
 
+from lokilm.curate.settings import CurateConfig
 from lokilm.errors import LokiError
 
 
@@ -35,8 +36,12 @@ class DataConfig:
 class TokenizerConfig:
     vocab_size: int | None = None  # None: the model's vocabulary size
     path: str | None = None  # use this tokenizer JSON instead of training one
-    train_max_bytes: int = 200_000_000  # sample of the training documents the BPE is learnt from
+    # bpe: learn a fresh byte-level BPE; adapt: prune cl100k_base to vocab_size on the sample (tokenizer/adapt.py)
+    kind: Literal["bpe", "adapt"] = "bpe"
+    train_max_bytes: int = 200_000_000  # sample of the training documents the tokenizer is learnt from
     min_frequency: int = 2
+    adapt_new_merges: int = 0  # adapt: this many of the vocab_size tokens are new merges learnt on the sample
+    adapt_round_fraction: float = 0.02  # adapt: share of the vocabulary removed (added) between re-encodings
 
 
 @dataclass
@@ -117,6 +122,21 @@ class GenerateConfig:
 
 
 @dataclass
+class EvalConfig:
+    # Benchmark preset (lokilm.eval.presets): quick (a fixed subset, minutes on CPU), openllm, lokilm-paper
+    preset: str = "quick"
+    tasks: list[str] | None = None  # only these tasks of the preset (None: all)
+    batch_size: int = 32  # sequences per forward pass when scoring
+    bootstrap_iters: int = 1000
+    seed: int = 0  # bootstrap resampling
+    bpb_windows: int = 64  # held-out windows for bits per byte (0: skip)
+    winobias: bool = True
+    qualitative: bool = True  # the paper's prompts, generated with the generate settings below
+    max_new_tokens: int = 120
+    temperature: float = 0.0  # greedy: the same text every time
+
+
+@dataclass
 class Config:
     run_dir: str = "runs/default"
     data: DataConfig = field(default_factory=DataConfig)
@@ -124,6 +144,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
 
     def validate(self) -> None:
         m, t = self.model, self.train
@@ -149,6 +171,8 @@ class Config:
         v = self.tokenizer.vocab_size
         _check(v is None or 256 < v <= m.vocab_size, "tokenizer.vocab_size",
                f"{v} must be above 256 (the byte alphabet) and at most model.vocab_size={m.vocab_size}")
+        _check(self.tokenizer.adapt_new_merges >= 0, "tokenizer.adapt_new_merges", "must be >= 0")
+        _check(0.0 < self.tokenizer.adapt_round_fraction <= 1.0, "tokenizer.adapt_round_fraction", "must be in (0, 1]")
 
 
 def _check(ok: bool, key: str, problem: str) -> None:

@@ -20,7 +20,9 @@ def run_config(run_dir: str | Path) -> Config:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise LokiError(f"{run_dir} is not a run directory (no config.yaml); train a model first with `loki train`")
-    return from_dict(yaml.safe_load(path.read_text()))
+    cfg = from_dict(yaml.safe_load(path.read_text()))
+    cfg.run_dir = str(run_dir)  # the run may have been moved or copied since it was trained
+    return cfg
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, Config]:

@@ -15,12 +15,38 @@ from lokilm.fileio import sha256_file
 from lokilm.rundir import RunDir
 from lokilm.shards import read_meta, split_of, write_shards
 from lokilm.tokenizer import load_tokenizer, train_bpe
+from lokilm.tokenizer.adapt import adapt_cl100k
 from lokilm.tokenizer.bpe import take_bytes
+
+
+def _documents_in(cfg: Config) -> tuple[list[str], str]:
+    """(inputs, text field) the tokenizer and tokenize stages read: the curated JSONL when curation is on."""
+    if cfg.curate.enabled:
+        return [str(RunDir(cfg).root / "curate" / "output")], "text"
+    return cfg.data.inputs, cfg.data.text_field
+
+
+def _inputs_key(cfg: Config) -> list[str] | dict:
+    """What the inputs are, for skipping a finished stage: the curated output is identified by its report."""
+    if not cfg.curate.enabled:
+        return cfg.data.inputs
+    report = RunDir(cfg).root / "curate" / "report.json"
+    if not report.is_file():
+        raise DataError(f"curate.enabled is true but {report.parent} holds no finished curation: run `loki curate` first")
+    return {"curated": _documents_in(cfg)[0], "report_sha256": sha256_file(report)}
+
+
+def curate_stage(cfg: Config) -> dict:
+    if not cfg.curate.enabled:
+        return {"status": "off (curate.enabled is false)"}
+    from lokilm.curate.pipeline import curate_stage as curate
+
+    return curate(cfg)
 
 
 def _train_texts(cfg: Config, stats: ReadStats) -> Iterator[str]:
     """Texts of the training split only: the tokenizer never sees held-out documents."""
-    for doc in iter_documents(cfg.data.inputs, text_field=cfg.data.text_field, stats=stats):
+    for doc in iter_documents(*_documents_in(cfg), stats=stats):
         if split_of(doc.id, cfg.data.holdout_fraction) == "train":
             yield doc.text
 
@@ -31,21 +57,30 @@ def tokenizer_stage(cfg: Config) -> dict:
     if cfg.tokenizer.path:
         load_tokenizer(run.tokenizer)  # fail now, clearly, if it is unusable
         return {"status": "given", "path": str(run.tokenizer)}
-    wanted = {"vocab_size": vocab, "inputs": cfg.data.inputs, "holdout_fraction": cfg.data.holdout_fraction,
-              "train_max_bytes": cfg.tokenizer.train_max_bytes, "min_frequency": cfg.tokenizer.min_frequency}
+    t = cfg.tokenizer
+    wanted = {"vocab_size": vocab, "inputs": _inputs_key(cfg), "holdout_fraction": cfg.data.holdout_fraction,
+              "train_max_bytes": t.train_max_bytes, "min_frequency": t.min_frequency}
+    if t.kind == "adapt":
+        wanted.update(kind=t.kind, adapt_new_merges=t.adapt_new_merges, adapt_round_fraction=t.adapt_round_fraction)
     done = run.read_summary("tokenizer")
     if done and done.get("inputs") == wanted and run.tokenizer.is_file():
         return {**done, "status": "skipped (done)"}
     start, stats = time.time(), ReadStats()
-    print(f"tokenizer: training a {vocab}-token byte-level BPE on up to {cfg.tokenizer.train_max_bytes:,} bytes", flush=True)
-    tok = train_bpe(take_bytes(_train_texts(cfg, stats), cfg.tokenizer.train_max_bytes), vocab, cfg.tokenizer.min_frequency)
+    texts = take_bytes(_train_texts(cfg, stats), t.train_max_bytes)
+    if t.kind == "adapt":
+        print(f"tokenizer: adapting cl100k_base to {vocab} tokens on up to {t.train_max_bytes:,} bytes", flush=True)
+        tok, report = adapt_cl100k(texts, vocab, t.adapt_new_merges, t.adapt_round_fraction, progress=cfg.train.progress)
+        report.pop("rounds")
+    else:
+        print(f"tokenizer: training a {vocab}-token byte-level BPE on up to {t.train_max_bytes:,} bytes", flush=True)
+        tok, report = train_bpe(texts, vocab, t.min_frequency), None
     if stats.documents == 0:
         raise DataError(f"no documents could be read from data.inputs={cfg.data.inputs} "
                         f"(skipped: {stats.skipped or 'nothing'}, examples: {stats.examples})")
     run.root.mkdir(parents=True, exist_ok=True)
     tok.save(str(run.tokenizer))
     summary = {"status": "done", "inputs": wanted, "path": str(run.tokenizer), "vocab_size": tok.get_vocab_size(),
-               "seconds": round(time.time() - start, 2), "read": stats.to_dict()}
+               "seconds": round(time.time() - start, 2), "read": stats.to_dict(), **({"adapt": report} if report else {})}
     run.write_summary("tokenizer", summary)
     return summary
 
@@ -55,13 +90,13 @@ def tokenize_stage(cfg: Config) -> dict:
     if cfg.data.shards:
         meta = read_meta(run.shards)
         return {"status": "given", "path": str(run.shards), "tokens": meta["splits"]["train"]["tokens"]}
-    wanted = {"inputs": cfg.data.inputs, "text_field": cfg.data.text_field, "holdout_fraction": cfg.data.holdout_fraction,
+    wanted = {"inputs": _inputs_key(cfg), "text_field": cfg.data.text_field, "holdout_fraction": cfg.data.holdout_fraction,
               "shard_tokens": cfg.data.shard_tokens, "tokenizer_sha256": sha256_file(run.tokenizer)}
     done = run.read_summary("tokenize")
     if done and done.get("inputs") == wanted and (run.shards / "meta.json").is_file():
         return {**done, "status": "skipped (done)"}
     start, stats = time.time(), ReadStats()
-    docs = ((d.id, d.text) for d in iter_documents(cfg.data.inputs, text_field=cfg.data.text_field, stats=stats))
+    docs = ((d.id, d.text) for d in iter_documents(*_documents_in(cfg), stats=stats))
     meta = write_shards(docs, load_tokenizer(run.tokenizer), run.shards, cfg.data.holdout_fraction,
                         shard_tokens=cfg.data.shard_tokens, progress=cfg.train.progress)
     summary = {"status": "done", "inputs": wanted, "path": str(run.shards), "seconds": round(time.time() - start, 2),
@@ -90,7 +125,14 @@ def generate_stage(cfg: Config) -> dict:
     return summary
 
 
-STAGES = {"tokenizer": tokenizer_stage, "tokenize": tokenize_stage, "train": train_stage, "generate": generate_stage}
+def eval_stage(cfg: Config) -> dict:
+    from lokilm.eval.run import eval_stage as run_eval
+
+    return run_eval(cfg)
+
+
+STAGES = {"curate": curate_stage, "tokenizer": tokenizer_stage, "tokenize": tokenize_stage, "train": train_stage,
+          "eval": eval_stage, "generate": generate_stage}
 
 
 def run_all(cfg: Config) -> dict:

@@ -47,10 +47,12 @@ def test_train_without_shards_says_what_to_run(capsys, tmp_path):
 def test_quickstart_runs_end_to_end_and_learns(capsys, tmp_path):
     run = tmp_path / "qs"
     args = ["run", "configs/quickstart.yaml", f"run_dir={run}", "train.max_steps=60", "train.eval_every=30",
-            "train.progress=false", "generate.max_new_tokens=12"]
+            "train.progress=false", "generate.max_new_tokens=12",
+            # the eval stage in brief (tests/test_eval_* cover it whole)
+            "eval.tasks=[winogrande]", "eval.winobias=false", "eval.qualitative=false", "eval.bpb_windows=4"]
     code, out, _ = run_cli(capsys, *args)
     assert code == 0
-    for stage in ["tokenizer", "tokenize", "train", "generate"]:
+    for stage in ["curate", "tokenizer", "tokenize", "train", "eval", "generate"]:
         assert json.loads((run / "stages" / f"{stage}.json").read_text())["status"] in ("done", "finished")
     bpb = {r["step"]: r["val_bpb"] for r in read_metrics(run) if "val_bpb" in r}
     assert sorted(bpb) == [0, 30, 60] and bpb[60] < 0.8 * bpb[0]

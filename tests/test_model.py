@@ -206,6 +206,7 @@ def test_flops_per_token_is_six_matmul_params_plus_attention():
 PRESET_PARAMS = {
     "tiny": 1_377_408,
     "quickstart": 1_377_408,  # the tiny model
+    "curate-full": 1_377_408,  # a curation config over tiny
     "stlm-10m": 10_490_112,
     "stlm-50m": 59_821_056,
     "stlm-100m": 109_529_856,

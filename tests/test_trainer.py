@@ -122,6 +122,15 @@ def test_changed_model_shape_is_refused_on_resume(make_cfg, tmp_path):
         train(make_cfg(run, "train.max_steps=4", "model.d_ff=96"))
 
 
+def test_a_changed_tokenizer_is_refused_on_resume(make_cfg, tmp_path, small_tokenizer):
+    run = tmp_path / "tok"
+    train(make_cfg(run, "train.max_steps=2"))
+    other = tmp_path / "other_tokenizer.json"
+    small_tokenizer.save(str(other))
+    with pytest.raises(LokiError, match="different tokenizer"):
+        train(make_cfg(run, "train.max_steps=4", f"tokenizer.path={other}"))
+
+
 def test_batch_size_warmup_and_metrics(make_cfg, tmp_path):
     run = tmp_path / "warm"
     train(make_cfg(run, "train.max_steps=12", "train.batch_size=32", "train.batch_warmup_tokens=8192",

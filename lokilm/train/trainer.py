@@ -12,6 +12,7 @@ import torch
 from lokilm.config import Config, to_dict
 from lokilm.errors import LokiError
 from lokilm.eval.bpb import bits_per_byte
+from lokilm.fileio import sha256_file
 from lokilm.model import Transformer
 from lokilm.rundir import RunDir
 from lokilm.shards import ShuffledOrder, TokenWindows, read_meta
@@ -74,6 +75,7 @@ class Trainer:
         self.train_windows = TokenWindows(self.run.shards, "train", seq)
         self.val_windows = TokenWindows(self.run.shards, "val", seq) if meta["splits"]["val"]["tokens"] else None
         self.token_bytes = token_byte_lengths(load_tokenizer(self.run.tokenizer))
+        self.tokenizer_sha256 = sha256_file(self.run.tokenizer)
 
         torch.manual_seed(t.seed)
         self.model = Transformer(cfg.model).to(self.device)
@@ -219,6 +221,9 @@ class Trainer:
             changed = [k for k in saved_model if saved_model[k] != getattr(self.cfg.model, k, None)]
             raise LokiError(f"{self.run.root} holds a checkpoint of a different model (model.{', model.'.join(changed)} "
                             f"changed); use a new run_dir or restore those settings")
+        if ckpt.state.get("tokenizer_sha256") != self.tokenizer_sha256:
+            raise LokiError(f"{self.run.root} holds a checkpoint trained with a different tokenizer than "
+                            f"{self.run.tokenizer} (its data or settings changed since); use a new run_dir")
         self._load(ckpt)
         return ckpt
 
@@ -232,7 +237,8 @@ class Trainer:
 
     def _save(self) -> None:
         state = {"step": self.state.step, "trainer": dataclasses.asdict(self.state),
-                 "spike": self.spike.state_dict(), "config": to_dict(self.cfg)}
+                 "spike": self.spike.state_dict(), "config": to_dict(self.cfg),
+                 "tokenizer_sha256": self.tokenizer_sha256}
         self._last_saved = save_checkpoint(self.run.checkpoints, self.state.step, self.model, self.optimizer,
                                            state, keep=self.cfg.train.keep_checkpoints)
 

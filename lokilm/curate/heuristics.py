@@ -1,0 +1,60 @@
+"""The heuristic quality rules: datatrove's Gopher and C4 filters, configured from HeuristicsSettings."""
+
+from __future__ import annotations
+
+import re
+
+from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
+from datatrove.utils.word_tokenizers import WordTokenizer
+
+from lokilm.curate.settings import HeuristicsSettings
+
+_WORD = re.compile(r"\S+")  # whitespace-separated, punctuation attached: the Gopher paper's notion of a word
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+")
+
+
+class RegexWordTokenizer(WordTokenizer):
+    """English words and sentences by regular expression.
+
+    datatrove's default English tokenizer is NLTK's, which needs the punkt data downloaded at run time; these
+    machines have no network, and the Gopher/C4 rules only need word and sentence counts. NLTK also splits
+    punctuation into tokens of its own, which makes Gopher's "80% of words contain a letter" rule reject novels
+    with much dialogue; whitespace-separated words are what the Gopher paper counts."""
+
+    def __init__(self):
+        super().__init__("en")
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return _WORD.findall(text)
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return [text[a:b] for a, b in self.span_tokenize(text)]
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        spans, start = [], 0
+        for m in _SENTENCE_END.finditer(text):
+            spans.append((start, m.start()))
+            start = m.end()
+        if start < len(text):
+            spans.append((start, len(text)))
+        return spans
+
+
+def heuristic_filters(s: HeuristicsSettings, exclusion_writer) -> list:
+    tok = RegexWordTokenizer()
+    filters = []
+    if s.gopher_quality:
+        filters.append(GopherQualityFilter(
+            min_doc_words=s.min_doc_words, max_doc_words=s.max_doc_words, min_avg_word_length=s.min_avg_word_length,
+            max_avg_word_length=s.max_avg_word_length, max_symbol_word_ratio=s.max_symbol_word_ratio,
+            max_non_alpha_words_ratio=s.max_non_alpha_words_ratio, min_stop_words=s.min_stop_words,
+            exclusion_writer=exclusion_writer, language=tok))
+    if s.gopher_repetition:
+        filters.append(GopherRepetitionFilter(dup_line_frac=s.dup_line_frac, dup_para_frac=s.dup_para_frac,
+                                              exclusion_writer=exclusion_writer, language=tok))
+    if s.c4:
+        filters.append(C4QualityFilter(
+            min_num_sentences=s.c4_min_num_sentences, filter_no_terminal_punct=s.c4_filter_no_terminal_punct,
+            min_words_per_line=s.c4_min_words_per_line, filter_curly_bracket=s.c4_filter_curly_bracket,
+            exclusion_writer=exclusion_writer, language=tok))
+    return filters

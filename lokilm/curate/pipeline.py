@@ -1,0 +1,237 @@
+"""`loki curate`: the stage list as datatrove pipelines, run by the configured executor, then the report.
+
+The data flows through these stages, each switchable in the `curate:` config section:
+
+    read -> normalise -> heuristics -> exact_dedup -> minhash -> [embed] -> classifier -> semdedup
+         -> prototypes -> decontaminate -> facts -> write (curate/output/*.jsonl)
+
+Deduplication is global, so the flow is cut into datatrove phases at each dedup: a phase writes its survivors
+as JSONL and the dedup signatures; the next phases find the duplicates and filter the JSONL. The embedding
+stages need all documents at once and run as one task. Every removing step hands what it drops to a removals
+writer, and a Tally step after every stage counts documents and bytes, which the report balances.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from datatrove.data import Document
+from datatrove.pipeline.dedup import (
+    ExactDedupFilter,
+    ExactDedupSignature,
+    ExactFindDedups,
+    MinhashDedupBuckets,
+    MinhashDedupCluster,
+    MinhashDedupFilter,
+    MinhashDedupSignature,
+)
+from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
+from datatrove.pipeline.dedup.minhash import MinhashConfig
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.writers import JsonlWriter
+
+from lokilm.config import Config
+from lokilm.curate.accounting import Tally, removals_writer
+from lokilm.curate.heuristics import RegexWordTokenizer, heuristic_filters
+from lokilm.curate.normalise import Normalise
+from lokilm.curate.reader import LokiReader, SizeLimit, read_report
+from lokilm.curate.report import write_report
+from lokilm.data.readers import DataError
+from lokilm.rundir import RunDir
+
+
+def doc_text(doc: Document) -> str:  # the exact-dedup key: normalisation has already run
+    return doc.text
+
+
+class RankJsonlReader(JsonlReader):
+    """Reads back exactly the file this rank wrote in the previous phase: datatrove's dedup filters match
+    documents by their position in the stream that rank signed."""
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        name = f"{rank:05d}.jsonl"
+        if self.data_folder.exists(name):
+            yield from self.read_files_shard([name])
+
+
+def curated_record(writer, doc: Document) -> dict:
+    """What the curated JSONL holds per document: lokilm's readers and `loki tokenize` read `text`."""
+    record = {"id": doc.id, "text": doc.text, "source": doc.metadata.get("source")}
+    if "quality" in doc.metadata:
+        record["quality"] = doc.metadata["quality"]
+    return record
+
+
+def curate_stage(cfg: Config) -> dict:
+    """Run the pipeline into run_dir/curate/ (skipped when done with the same settings); return the summary."""
+    run, c = RunDir(cfg), cfg.curate
+    root = run.root / "curate"
+    for path in cfg.data.inputs:
+        if not Path(path).exists():
+            raise DataError(f"input path does not exist: {path}")
+    wanted = {"inputs": cfg.data.inputs, "text_field": cfg.data.text_field, "curate": asdict(c)}
+    done = run.read_summary("curate")
+    if done and done.get("settings") == wanted and (root / "report.json").is_file():
+        return {**done, "status": "skipped (done)"}
+    if root.exists() and not (done and done.get("settings") == wanted):
+        shutil.rmtree(root)  # settings changed: nothing from an earlier run may leak into this one
+    _quiet_datatrove()
+    phases = build_phases(cfg, root / "work")
+    if c.executor.kind != "local":
+        _submit(phases, c, root / "work")
+        summary = {"status": f"submitted to {c.executor.kind}", "settings": wanted, "work": str(root / "work")}
+        run.write_summary("curate", summary)
+        return summary
+    start, timings = time.time(), {}
+    for name, pipeline, tasks in phases:
+        t0, logs = time.time(), root / "work" / "logs" / name
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / "console.log", "w") as console, contextlib.redirect_stderr(console):
+            _local(pipeline, tasks, c.executor.workers, logs).run()  # datatrove's chatty logs go to the file
+        timings[name] = round(time.time() - t0, 2)
+        print(f"curate: {name} done in {timings[name]:.1f} s", flush=True)
+        if name == "filter":
+            _, error = read_report(root / "work" / "read")
+            if error:
+                raise DataError(error)
+    summary = write_report(root, cfg, timings, round(time.time() - start, 2))
+    summary = {"status": "done", "settings": wanted, **summary}
+    run.write_summary("curate", summary)
+    return summary
+
+
+def build_phases(cfg: Config, work: Path) -> list[tuple[str, list, int]]:
+    """(name, datatrove pipeline, tasks) in order."""
+    c, tasks = cfg.curate, cfg.curate.executor.tasks
+    removed = str(work / "removals")
+    steps = [LokiReader(cfg.data.inputs, cfg.data.text_field, str(work / "read")), Tally("input"),
+             SizeLimit(c.read.max_doc_bytes, removals_writer(removed, "read", "document_too_large")), Tally("read")]
+    if c.normalise.enabled:
+        steps += [Normalise(c.normalise.form), Tally("normalise")]
+    if c.heuristics.enabled:
+        rules = heuristic_filters(c.heuristics, removals_writer(removed, "heuristics", "heuristic_rule"))
+        steps += [*rules, Tally("heuristics")]
+    phases, current = [], "filter"
+
+    def cut(signer=None):  # end the current phase: write its survivors, optionally sign them for a dedup
+        nonlocal steps, current
+        out = str(work / current)
+        phases.append((current, steps + [JsonlWriter(out, output_filename="${rank}.jsonl", compression=None)]
+                       + ([signer] if signer else []), tasks))
+        steps = [RankJsonlReader(out, compression=None, add_file_path=False)]
+
+    if c.exact_dedup.enabled:
+        exact = ExactDedupConfig(content_getter=doc_text)
+        cut(ExactDedupSignature(str(work / "exact_sigs"), exact))
+        phases.append(("exact_find", [ExactFindDedups(str(work / "exact_sigs"), str(work / "exact_dups"), exact)], 1))
+        current = "exact_dedup"
+        dropped = removals_writer(removed, "exact_dedup", "exact_duplicate")
+        steps += [ExactDedupFilter(str(work / "exact_dups"), exact, dropped), Tally("exact_dedup")]
+    if c.minhash.enabled:
+        m = c.minhash
+        mh = MinhashConfig(n_grams=m.n_grams, num_buckets=m.num_buckets, hashes_per_bucket=m.hashes_per_bucket,
+                           seed=m.seed)
+        cut(MinhashDedupSignature(str(work / "mh_sigs"), mh, language=RegexWordTokenizer()))
+        buckets, remove = str(work / "mh_buckets"), str(work / "mh_remove")
+        phases.append(("minhash_buckets", [MinhashDedupBuckets(str(work / "mh_sigs"), buckets, config=mh)], m.num_buckets))
+        phases.append(("minhash_cluster", [MinhashDedupCluster(buckets, remove, config=mh)], 1))
+        current = "minhash"
+        steps += [MinhashDedupFilter(remove, removals_writer(removed, "minhash", "near_duplicate")),
+                  Tally("minhash")]
+
+    embedding = c.classifier.enabled or c.semdedup.enabled or c.prototypes.enabled
+    if embedding and tasks > 1:  # the embedding stages see every document, in one task
+        cut()
+        steps, current = [JsonlReader(str(work / current), compression=None, add_file_path=False)], "embed"
+    if embedding:
+        steps += _embedding_steps(cfg, removed)
+    if c.decontaminate.enabled:
+        d = c.decontaminate
+        steps += [_decontaminate(d, removed), Tally("decontaminate")]
+    if c.facts.enabled:
+        from lokilm.curate.facts import FactPruner
+
+        steps += [FactPruner(), Tally("facts")]
+    steps += [JsonlWriter(str(work.parent / "output"), output_filename="${rank}.jsonl", compression=None,
+                          adapter=curated_record)]
+    phases.append((current, steps, 1 if embedding else tasks))
+    return phases
+
+
+def _embedding_steps(cfg: Config, removed: str) -> list:
+    from lokilm.curate.embeddings import Embed
+
+    c, steps = cfg.curate, [Embed(cfg.curate.embedding), Tally("embed")]
+    if c.classifier.enabled:
+        from lokilm.curate.classifier import QualityFilter, load_classifier
+
+        model = load_classifier(c.classifier, c.embedding)
+        dropped = removals_writer(removed, "classifier", "quality_below_threshold")
+        steps += [QualityFilter(model, c.classifier.threshold, dropped),
+                  Tally("classifier")]
+    if c.semdedup.enabled:
+        from lokilm.curate.semdedup import SemDedup
+
+        s = c.semdedup
+        steps += [SemDedup(s.eps, s.clusters, s.seed, removals_writer(removed, "semdedup", "semantic_duplicate")),
+                  Tally("semdedup")]
+    if c.prototypes.enabled:
+        from lokilm.curate.prototypes import PrototypePrune
+
+        p = c.prototypes
+        dropped = removals_writer(removed, "prototypes", "prototype_pruned")
+        steps += [PrototypePrune(p.keep_fraction, p.clusters, p.seed, dropped),
+                  Tally("prototypes")]
+    return steps
+
+
+def _decontaminate(d, removed: str):
+    from lokilm.curate.decontaminate import Decontaminate
+
+    dropped = removals_writer(removed, "decontaminate", "benchmark_overlap")
+    return Decontaminate(d.n, d.mode, d.benchmarks, d.cache_dir, dropped)
+
+
+def _local(pipeline: list, tasks: int, workers: int, logging_dir: Path):
+    from datatrove.executor import LocalPipelineExecutor
+
+    return LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=max(1, min(workers, tasks)),
+                                 logging_dir=str(logging_dir), skip_completed=True)
+
+
+def _submit(phases: list, c, work: Path) -> None:
+    """Slurm or Ray: the same phases as dependent jobs. The report needs the finished work folder: run
+    `loki curate` again locally with the same config once the jobs are done (finished tasks are skipped)."""
+    previous = None
+    for name, pipeline, tasks in phases:
+        logs = str(work / "logs" / name)
+        if c.executor.kind == "slurm":
+            from datatrove.executor import SlurmPipelineExecutor
+
+            e = c.executor
+            previous = SlurmPipelineExecutor(pipeline=pipeline, tasks=tasks, time=e.slurm_time, partition=e.slurm_partition,
+                                             cpus_per_task=e.slurm_cpus_per_task,
+                                             job_name=f"loki-curate-{name}", logging_dir=logs, depends=previous)
+        else:
+            from datatrove.executor import RayPipelineExecutor
+
+            previous = RayPipelineExecutor(pipeline=pipeline, tasks=tasks, logging_dir=logs, depends=previous)
+    previous.run()
+
+
+def _quiet_datatrove() -> None:
+    """datatrove logs every file it opens at INFO; keep warnings on the terminal (full logs are in work/logs/)."""
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+
+
+def curate_json(summary: dict) -> str:
+    return json.dumps({k: v for k, v in summary.items() if k not in ("settings", "stages", "read")}, indent=2)

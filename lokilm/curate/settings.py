@@ -1,0 +1,132 @@
+"""The `curate:` section of a config: one small dataclass per stage, in the order the data flows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class ReadSettings:
+    max_doc_bytes: int = 64_000_000  # a larger single document is removed as "document_too_large"
+
+
+@dataclass
+class NormaliseSettings:
+    enabled: bool = True
+    form: Literal["NFC", "NFKC"] = "NFC"
+
+
+@dataclass
+class HeuristicsSettings:
+    """datatrove's Gopher and C4 rules. Defaults are datatrove's, except where books and plays need room:
+    no upper word limit (a novel is one document), no C4 line rules (verse lines have no full stop), and no
+    C4 curly-bracket rule (meant for code in web pages, it dropped 25 Gutenberg books and 6 plays, 13 MB of
+    the shared corpus, for a single "{" each)."""
+    enabled: bool = True
+    gopher_quality: bool = True
+    min_doc_words: int = 50
+    max_doc_words: int | None = None
+    min_avg_word_length: float = 3
+    max_avg_word_length: float = 10
+    max_symbol_word_ratio: float = 0.1
+    max_non_alpha_words_ratio: float = 0.8
+    min_stop_words: int = 2
+    gopher_repetition: bool = True
+    dup_line_frac: float | None = 0.3
+    dup_para_frac: float | None = 0.3
+    c4: bool = True
+    c4_min_num_sentences: int = 5
+    c4_filter_no_terminal_punct: bool = False
+    c4_min_words_per_line: int = -1
+    c4_filter_curly_bracket: bool = False
+
+
+@dataclass
+class ExactDedupSettings:
+    enabled: bool = True
+
+
+@dataclass
+class MinhashSettings:
+    enabled: bool = True
+    n_grams: int = 5  # datatrove's defaults: word 5-grams, 14 bands x 8 hashes
+    num_buckets: int = 14
+    hashes_per_bucket: int = 8
+    seed: int = 1
+
+
+@dataclass
+class EmbeddingSettings:
+    """all-MiniLM-L6-v2 sentence embeddings, shared by the classifier, SemDeDup and prototype pruning."""
+    device: str = "cpu"
+    batch_size: int = 64
+    chunk_words: int = 128  # a long document is embedded as the mean of chunks of this many words...
+    max_chunks: int = 8  # ...at most this many, spread evenly over the document
+    cache_dir: str = "runs/.cache/embeddings"
+
+
+@dataclass
+class ClassifierSettings:
+    enabled: bool = True
+    path: str = "runs/.cache/quality_classifier.json"  # trained by `loki curate train-classifier` (or on first use)
+    labels: list[str] = field(default_factory=lambda: ["data/quality_labels"])
+    threshold: float = 0.5  # keep a document whose predicted quality probability is at least this
+    holdout_fraction: float = 0.2
+
+
+@dataclass
+class SemDedupSettings:
+    enabled: bool = True
+    eps: float = 0.05  # drop a document whose cosine similarity to a kept one in its cluster exceeds 1 - eps
+    clusters: int = 0  # 0: about sqrt(documents / 2)
+    seed: int = 0
+
+
+@dataclass
+class PrototypeSettings:
+    enabled: bool = False  # pruning pays off only when data is plentiful
+    keep_fraction: float = 0.8  # keep this share of documents, the farthest from their cluster centroid
+    clusters: int = 0  # 0: about sqrt(documents / 2)
+    seed: int = 0
+
+
+@dataclass
+class DecontaminateSettings:
+    enabled: bool = True
+    n: int = 13  # word n-grams, lower-cased, punctuation removed
+    mode: Literal["remove", "cut"] = "remove"  # drop the document, or cut the matching spans out of it
+    benchmarks: str | None = None  # benchmark folder; None: the bundled data/benchmarks
+    cache_dir: str = "runs/.cache/decontamination"
+
+
+@dataclass
+class FactsSettings:
+    enabled: bool = False  # LokiLM did this; its report blames it for a poor TruthfulQA, so it is off by default
+
+
+@dataclass
+class ExecutorSettings:
+    kind: Literal["local", "slurm", "ray"] = "local"
+    tasks: int = 1  # parallel tasks for the per-document phases; the embedding phase is one task
+    workers: int = 1  # local: processes at once (1: tasks run in turn in this process, no pool to start)
+    slurm_partition: str | None = None
+    slurm_time: str = "04:00:00"
+    slurm_cpus_per_task: int = 2
+
+
+@dataclass
+class CurateConfig:
+    enabled: bool = False  # `loki run`: curate first, then tokenize the curated output instead of data.inputs
+    read: ReadSettings = field(default_factory=ReadSettings)
+    normalise: NormaliseSettings = field(default_factory=NormaliseSettings)
+    heuristics: HeuristicsSettings = field(default_factory=HeuristicsSettings)
+    exact_dedup: ExactDedupSettings = field(default_factory=ExactDedupSettings)
+    minhash: MinhashSettings = field(default_factory=MinhashSettings)
+    embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
+    classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
+    semdedup: SemDedupSettings = field(default_factory=SemDedupSettings)
+    prototypes: PrototypeSettings = field(default_factory=PrototypeSettings)
+    decontaminate: DecontaminateSettings = field(default_factory=DecontaminateSettings)
+    facts: FactsSettings = field(default_factory=FactsSettings)
+    executor: ExecutorSettings = field(default_factory=ExecutorSettings)

@@ -1,0 +1,124 @@
+"""`loki eval RUN_DIR`: evaluate a run's newest checkpoint and write eval.json, eval.md and the per-item results."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from lokilm.config import EvalConfig
+from lokilm.errors import LokiError
+from lokilm.fileio import write_json
+from lokilm.rundir import RunDir
+
+
+def eval_dir(run_dir: str | Path, preset: str) -> Path:
+    """Where one preset's results live: each preset keeps its own, so a quick eval never overwrites a full one."""
+    return Path(run_dir) / "eval" / preset
+
+
+class _Progress:
+    """Prints a line each time a job passes another tenth of its requests."""
+
+    def __init__(self):
+        self.tenths = -1
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        tenths = 10 * done // total
+        if total < 100 or (done < total and tenths == self.tenths):  # small jobs finish before anyone looks
+            return
+        self.tenths = -1 if done == total else tenths
+        print(f"  {what} {done}/{total}", flush=True)
+
+
+def evaluate_run(run_dir: str | Path, settings: EvalConfig, limit: int | None = None, device: str = "auto") -> dict:
+    """Benchmarks (lm-eval), bits per byte, the WinoBias probe and the qualitative prompts for one run."""
+    from lm_eval import __version__ as lm_eval_version
+
+    from lokilm.eval import report, suite
+    from lokilm.eval.harness import LokiLM
+    from lokilm.eval.presets import preset_tasks
+    from lokilm.generate import load_model
+    from lokilm.tokenizer import load_tokenizer
+    from lokilm.train.checkpoint import latest_checkpoint
+    from lokilm.train.trainer import resolve_device
+
+    preset_tasks(settings.preset, settings.tasks)  # an unknown preset or task fails before the model loads
+    start = time.time()
+    dev = resolve_device(device)
+    model, cfg = load_model(run_dir, dev)
+    ckpt = latest_checkpoint(Path(run_dir) / "checkpoints")
+    tok = load_tokenizer(RunDir(cfg).tokenizer)
+    lm = LokiLM(model, tok, batch_size=settings.batch_size, progress=_Progress())
+    out = {"run_dir": str(run_dir), "checkpoint": str(ckpt.path), "step": ckpt.step,
+           "preset": settings.preset, "limit": limit, "lm_eval_version": lm_eval_version, "device": str(dev),
+           "torch_threads": torch.get_num_threads()}
+
+    print(f"eval: preset {settings.preset} on {ckpt.path}", flush=True)
+    results, items = suite.run_preset(lm, settings.preset, settings.tasks, limit, settings.bootstrap_iters, settings.seed)
+    out["tasks"] = results
+    out["benchmark_seconds"] = round(time.time() - start, 1)
+    if settings.bpb_windows:
+        out["bpb"] = held_out_bpb(model, cfg, settings.bpb_windows, settings.batch_size, dev)
+    if settings.winobias:
+        from lokilm.eval.winobias import winobias_probe
+
+        out["winobias"] = winobias_probe(lm, settings.bootstrap_iters, settings.seed, limit)
+    if settings.qualitative:
+        from lokilm.eval.qualitative import qualitative_suite
+
+        out["qualitative"] = qualitative_suite(model, tok, settings.max_new_tokens, settings.temperature)
+    out["seconds"] = round(time.time() - start, 1)
+
+    folder = eval_dir(run_dir, settings.preset)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "items.jsonl", "w") as f:
+        f.writelines(json.dumps(it) + "\n" for it in items)
+    write_json(folder / "eval.json", out)
+    (folder / "eval.md").write_text(report.markdown(out))
+    print(report.markdown(out), flush=True)
+    print(f"eval: {out['seconds']} s; results in {folder}/ (eval.json, eval.md, items.jsonl)", flush=True)
+    return out
+
+
+def held_out_bpb(model, cfg, n_windows: int, batch_size: int, device: torch.device) -> dict | None:
+    """Bits per byte on the run's held-out shards (lokilm.eval.bpb), or None if the run has no val split."""
+    from lokilm.eval.bpb import bits_per_byte
+    from lokilm.shards import TokenWindows, read_meta
+    from lokilm.tokenizer import load_tokenizer, token_byte_lengths
+
+    run = RunDir(cfg)
+    if not (run.shards / "meta.json").is_file() or not read_meta(run.shards)["splits"]["val"]["tokens"]:
+        return None
+    windows = TokenWindows(run.shards, "val", cfg.model.context_length)
+    token_bytes = token_byte_lengths(load_tokenizer(run.tokenizer))
+    value = bits_per_byte(model, windows, token_bytes, n_windows, batch_size, device)
+    return {"value": value, "windows": min(n_windows, len(windows)), "tokens_per_window": cfg.model.context_length}
+
+
+def load_items(run_dir: str | Path, preset: str) -> list[dict]:
+    path = eval_dir(run_dir, preset) / "items.jsonl"
+    if not path.is_file():
+        raise LokiError(f"{run_dir} has no {preset!r} evaluation ({path} missing): run `loki eval {run_dir} --preset {preset}`")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def eval_stage(cfg) -> dict:
+    """`loki run`'s eval stage: the config's preset on the newest checkpoint, skipped if already done for it."""
+    from lokilm.train.checkpoint import latest_checkpoint
+
+    run = RunDir(cfg)
+    ckpt = latest_checkpoint(run.checkpoints)
+    done = run.read_summary("eval")
+    if done and ckpt and done.get("checkpoint") == str(ckpt.path) and done.get("preset") == cfg.eval.preset:
+        return {**done, "status": "skipped (done)"}
+    out = evaluate_run(cfg.run_dir, cfg.eval, device=cfg.train.device)
+    from lokilm.eval.presets import HEADLINE
+
+    headline = {row: out["tasks"][task]["metrics"].get(key) for row, (task, key) in HEADLINE.items() if task in out["tasks"]}
+    summary = {"status": "done", "checkpoint": out["checkpoint"], "preset": out["preset"], "seconds": out["seconds"],
+               "headline": headline, "bpb": out.get("bpb"), "path": str(eval_dir(cfg.run_dir, cfg.eval.preset))}
+    run.write_summary("eval", summary)
+    return summary

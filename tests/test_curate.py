@@ -1,0 +1,199 @@
+"""The curation pipeline (lokilm/curate) on small planted corpora: dedup, decontamination, bad input, determinism."""
+
+import json
+import lzma
+import random
+import re
+
+import pytest
+
+from lokilm.cli import main
+from lokilm.config import load_config
+from lokilm.curate.facts import prune_facts
+from lokilm.curate.normalise import Normalise
+from lokilm.curate.pipeline import curate_stage
+from lokilm.data.benchmarks import load_arc_challenge, load_mmlu
+from lokilm.data.readers import iter_documents
+
+NO_EMBEDDINGS = ["curate.classifier.enabled=false", "curate.semdedup.enabled=false", "curate.prototypes.enabled=false"]
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    """One decontamination index for the session (built from every bundled benchmark once)."""
+    return tmp_path_factory.mktemp("curate_cache")
+
+
+@pytest.fixture(scope="session")
+def articles():
+    """Distinct real texts: bundled Wikipedia articles of 150 words or more, already normalised (so the output,
+    which is normalised, can be compared with them)."""
+    docs = [d.text for d in iter_documents(["data/corpus/wikipedia/wiki_00.xz"]) if len(d.text.split()) >= 150]
+    return [Normalise().format(t) for t in docs[:12]]
+
+
+def curate(tmp_path, cache, docs, *overrides, name="run"):
+    """Write `docs` as JSONL, curate them; return (report, kept texts, removals by stage)."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    cfg = load_config(None, [f"run_dir={tmp_path / name}", f"data.inputs=[{corpus}]",
+                             f"curate.decontaminate.cache_dir={cache}", *NO_EMBEDDINGS, *overrides])
+    report = curate_stage(cfg)
+    root = tmp_path / name / "curate"
+    kept = [json.loads(line)["text"] for f in sorted((root / "output").glob("*.jsonl")) for line in f.read_text().splitlines()]
+    removals = {}
+    for line in (root / "removals.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        removals.setdefault(r["stage"], []).append(r)
+    return report, kept, removals
+
+
+def test_planted_exact_duplicates_are_removed_and_one_copy_kept(tmp_path, cache, articles):
+    docs = articles[:6] + [articles[0]] * 3 + [articles[1]] * 2
+    report, kept, removals = curate(tmp_path, cache, docs)
+    assert sorted(kept) == sorted(articles[:6])
+    assert {r["reason"] for r in removals["exact_dedup"]} == {"exact_duplicate"}
+    assert len(removals["exact_dedup"]) == 5
+    assert report["accounting"] == {**report["accounting"], "documents_in": 11, "kept": 6, "removed": 5, "balanced": True}
+
+
+def light_edit(text: str, seed: int = 0, rate: float = 0.03) -> str:
+    """Another edition of the same text: a few words respelt, a few dropped, one line added."""
+    rng = random.Random(seed)
+    words = text.split(" ")
+    out = [w.upper() if rng.random() < rate else w for w in words if rng.random() > rate / 2]
+    return "Edited and corrected for this edition.\n" + " ".join(out)
+
+
+def test_minhash_catches_a_lightly_edited_edition_but_not_distinct_texts(tmp_path, cache, sample_text, articles):
+    play = Normalise().format(sample_text[:60_000])  # the first acts of Macbeth
+    edition = Normalise().format(light_edit(play))
+    assert edition != play
+    report, kept, removals = curate(tmp_path, cache, [play, edition, *articles[:8]], "curate.heuristics.enabled=false")
+    assert [r["reason"] for r in removals["minhash"]] == ["near_duplicate"]
+    assert (play in kept) != (edition in kept)
+    assert all(a in kept for a in articles[:8])
+
+
+def test_decontamination_removes_planted_benchmark_items_and_keeps_short_overlaps(tmp_path, cache, articles):
+    arc = load_arc_challenge()[0]["question"]
+    mmlu = next(q for r in load_mmlu() if len((q := r["question"]).split()) > 20 and "{" not in q)  # C4 drops "{"
+    assert len(arc.split()) >= 13 and len(mmlu.split()) >= 13
+    planted = [articles[0] + "\n\n" + arc, mmlu + "\n\n" + articles[1]]
+    short = articles[2] + " " + " ".join(arc.split()[:8]) + "."  # shares only an 8-word run with a benchmark
+    report, kept, removals = curate(tmp_path, cache, planted + [short, articles[3]])
+    assert sorted(r["reason"] for r in removals["decontaminate"]) == ["benchmark_13gram_overlap"] * 2
+    assert sorted(kept) == sorted([short, articles[3]])
+
+
+def test_decontamination_cut_mode_keeps_the_rest_of_the_document(tmp_path, cache, articles):
+    arc = load_arc_challenge()[3]["question"]
+    report, kept, removals = curate(tmp_path, cache, [articles[0] + "\n\n" + arc + "\n\n" + articles[1]],
+                                    "curate.decontaminate.mode=cut")
+    assert len(kept) == 1 and "decontaminate" not in removals
+    assert arc not in kept[0] and articles[0][:200] in kept[0] and articles[1][-200:] in kept[0]
+    stage = next(s for s in report["stages"] if s["stage"] == "decontaminate")
+    assert stage["edited"]["spans_cut"] == 1 and stage["edited"]["bytes_cut"] >= len(arc.encode()) - 2
+
+
+def test_rerun_with_the_same_config_gives_the_same_output(tmp_path, cache, articles):
+    docs = articles + [articles[0]]
+    outputs = []
+    for name in ("a", "b"):
+        curate(tmp_path, cache, docs, name=name)
+        outputs.append([(p.name, p.read_bytes()) for p in sorted((tmp_path / name / "curate" / "output").glob("*"))])
+    assert outputs[0] == outputs[1] and outputs[0]
+    removals = [(tmp_path / n / "curate" / "removals.jsonl").read_text() for n in ("a", "b")]
+    assert removals[0] == removals[1]
+
+
+def test_two_tasks_give_the_same_documents_as_one(tmp_path, cache, articles):
+    docs = articles + [articles[0], articles[5]]
+    _, one, _ = curate(tmp_path, cache, docs, name="one")
+    report, two, removals = curate(tmp_path, cache, docs, "curate.executor.tasks=2", name="two")
+    assert sorted(one) == sorted(two) and len(removals["exact_dedup"]) == 2 and report["accounting"]["balanced"]
+
+
+def test_bad_input_is_counted_under_named_reasons_and_the_accounting_balances(tmp_path, cache, articles, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "invalid_utf8.txt").write_bytes(articles[0].encode() + b" \xff\xfe broken bytes.")
+    (bad / "nul.txt").write_bytes(articles[1].encode().replace(b". ", b".\x00 ", 3))
+    (bad / "binary.bin").write_bytes(bytes(range(256)) * 40)
+    (bad / "empty.txt").write_bytes(b"")
+    (bad / "records.jsonl").write_text(json.dumps({"text": articles[2]}) + "\n{not json\n" + json.dumps({"body": "x"}) + "\n")
+    (bad / "enormous.txt").write_text("All work and no play makes Jack a dull boy. " * 5000)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\ndata:\n  inputs: [{bad}]\ncurate:\n  read: {{max_doc_bytes: 100000}}\n"
+                   f"  decontaminate: {{cache_dir: {cache}}}\n")
+    assert main(["curate", str(cfg), *NO_EMBEDDINGS]) == 0
+    report = json.loads((tmp_path / "run" / "curate" / "report.json").read_text())
+    a = report["accounting"]
+    assert a["balanced"] and a["documents_in"] == a["kept"] + a["removed"]
+    assert a["reader_skipped"] == {"binary_file": 1, "empty_file": 1, "malformed_jsonl": 1, "missing_text_field": 1}
+    assert a["reader_repaired"] == {"invalid_utf8": 1, "nul_bytes": 1}
+    assert report["stages"][0]["removed"] == {"document_too_large": 1}
+    assert "Traceback" not in capsys.readouterr().err
+    assert (tmp_path / "run" / "curate" / "report.md").read_text().startswith("# Curation report")
+
+
+def test_missing_input_path_stops_with_a_clear_message(tmp_path, capsys):
+    assert main(["curate", "configs/tiny.yaml", f"run_dir={tmp_path}", f"data.inputs=[{tmp_path}/nowhere]"]) == 2
+    err = capsys.readouterr().err
+    assert "input path does not exist" in err and "Traceback" not in err
+
+
+def test_a_folder_with_nothing_readable_stops_with_the_readers_message(tmp_path, cache, capsys):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.bin").write_bytes(bytes(range(256)) * 10)
+    assert main(["curate", "configs/tiny.yaml", f"run_dir={tmp_path}/run", f"data.inputs=[{tmp_path}/junk]",
+                 f"curate.decontaminate.cache_dir={cache}", *NO_EMBEDDINGS]) == 2
+    err = capsys.readouterr().err
+    assert "no readable documents" in err and "binary_file" in err and "Traceback" not in err
+
+
+def test_heuristics_remove_stubs_and_keep_articles(tmp_path, cache, articles):
+    stub = "Marcus Claudius Tacitus"
+    report, kept, removals = curate(tmp_path, cache, [stub, *articles[:4]])
+    assert [(r["stage"], r["reason"]) for r in removals["heuristics"]] == [("heuristics", "gopher_short_doc")]
+    assert sorted(kept) == sorted(articles[:4])
+
+
+def test_fact_pruning_drops_precise_facts_and_keeps_concepts():
+    text = ("Alan Turing designed the Automatic Computing Engine. Alan Turing was born on 23 June 1912. "
+            "The city has a population of 12,000 people. Computation is the manipulation of symbols.")
+    kept, cut = prune_facts(text)
+    assert kept == "Alan Turing designed the Automatic Computing Engine. Computation is the manipulation of symbols."
+    assert cut == ["Alan Turing was born on 23 June 1912.", "The city has a population of 12,000 people."]
+
+
+def test_fact_pruning_in_the_pipeline_reports_sentences_and_bytes(tmp_path, cache, articles):
+    report, kept, _ = curate(tmp_path, cache, articles[:3], "curate.facts.enabled=true")
+    facts = next(s for s in report["stages"] if s["stage"] == "facts")
+    assert facts["edited"]["sentences_removed"] > 0
+    assert facts["bytes_in"] - facts["bytes_out"] >= facts["edited"]["bytes_removed"] > 0
+    assert not any(re.search(r"\b(in|on) [12]\d{3}\b", t) for t in kept)
+
+
+def test_the_curated_output_is_what_loki_tokenize_reads(tmp_path, cache, articles):
+    from lokilm import stages
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in articles + [articles[0]]))
+    cfg = load_config("configs/tiny.yaml", [f"run_dir={tmp_path / 'run'}", f"data.inputs=[{corpus}]", "curate.enabled=true",
+                                            f"curate.decontaminate.cache_dir={cache}", "tokenizer.vocab_size=300",
+                                            "data.holdout_fraction=0.3",
+                                            "train.progress=false", *NO_EMBEDDINGS])
+    assert stages.curate_stage(cfg)["status"] == "done"
+    stages.tokenizer_stage(cfg)
+    summary = stages.tokenize_stage(cfg)
+    assert summary["read"]["documents"] == len(articles)  # the duplicate was curated away
+    assert stages.curate_stage(cfg)["status"] == "skipped (done)"
+
+
+def test_bundled_shakespeare_editions_report(tmp_path, cache):
+    """The two bundled editions of Julius Caesar (modern vs First Folio spelling) share few word 5-grams;
+    MinHash at datatrove's defaults keeps both. Recorded so a change in that behaviour is noticed."""
+    texts = [lzma.open(f"data/corpus/shakespeare/julius_caesar_{e}.txt.xz", "rt").read() for e in ("gut", "gut_f")]
+    _, kept, removals = curate(tmp_path, cache, texts, "curate.heuristics.enabled=false")
+    assert len(kept) == 2 and "minhash" not in removals
