@@ -240,3 +240,20 @@ def test_missing_zstandard_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "zstandard", None)
     with pytest.raises(DataError, match="pip install zstandard"):
         read(path)
+
+
+def test_parquet_rows_are_documents_and_bad_rows_are_counted(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["first document", None, "", "third"], "n": [1, 2, 3, 4]}),
+                   tmp_path / "part.parquet")
+    pq.write_table(pa.table({"body": ["no text column"]}), tmp_path / "other.parquet")
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really parquet")
+    stats = ReadStats()
+    docs = list(iter_documents([tmp_path], stats=stats))
+    assert [(d.id.rsplit("/", 1)[-1], d.text) for d in docs] == [("part.parquet#1", "first document"),
+                                                                 ("part.parquet#4", "third")]
+    assert stats.skipped == {"text_not_a_string": 1, "empty_document": 1, "missing_text_field": 1,
+                             "corrupt_parquet_file": 1}
+    assert stats.documents == 2 and stats.files == 3

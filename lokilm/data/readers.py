@@ -79,7 +79,8 @@ def iter_documents(inputs: list[str | Path], text_field: str = "text", stats: Re
     format: *.jsonl / *.ndjson / *.json are JSON lines, one document per line from `text_field` (a .json file
     holding one JSON document rather than lines is "not_a_corpus_file"); wiki_NN files, or files starting
     with `<doc `, are WikiExtractor output, one document per <doc>; anything else is plain text, one document
-    per file, with the Project Gutenberg header, producer credits and licence footer stripped. Text formats
+    per file, with the Project Gutenberg header, producer credits and licence footer stripped; *.parquet
+    files give one document per row of the `text_field` column (pyarrow, read in batches). Text formats
     get their line endings normalised to "\\n" and outer whitespace removed; JSONL texts are kept as they are.
 
     Counted in `stats` (reason -> count, with example locations): repaired, the document kept: invalid UTF-8
@@ -197,6 +198,9 @@ def _read_file(path: Path, rel: str, text_field: str, stats: ReadStats) -> Itera
     where = str(path)
     name = _without_compression(path.name)
     compressed = name != path.name
+    if name.lower().endswith(".parquet") and not compressed:  # binary by design: not sniffed as text
+        yield from _read_parquet(path, rel, text_field, stats)
+        return
     try:
         with _open(path) as f:
             head = f.read(SNIFF_BYTES) if path.stat().st_size else b""
@@ -268,6 +272,30 @@ def _read_jsonl(path: Path, rel: str, text_field: str, stats: ReadStats) -> Iter
                 stats.count("skipped", "text_not_a_string", where)
             elif doc := _document(f"{rel}#{lineno}", record[text_field], str(path), where, repairs, stats):
                 yield doc
+
+
+def _read_parquet(path: Path, rel: str, text_field: str, stats: ReadStats) -> Iterator[Document]:
+    """One document per row of the `text_field` column, read in record batches (never the whole file)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        parquet = pq.ParquetFile(path)
+        if text_field not in parquet.schema_arrow.names:
+            stats.count("skipped", "missing_text_field", f"{path}: no column {text_field!r}")
+            return
+        row = 0
+        for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
+            for value in batch.column(0).to_pylist():
+                row += 1
+                where = f"{path}:row {row}"
+                if not isinstance(value, str):
+                    stats.count("skipped", "text_not_a_string", where)
+                elif doc := _document(f"{rel}#{row}", value, str(path), where, set(), stats):
+                    yield doc
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError: not a Parquet file, or damaged
+        stats.count("skipped", "corrupt_parquet_file", f"{path}: {e}")
 
 
 _DOC_OPEN = re.compile(r"<doc\b[^>]*>\s*$")
