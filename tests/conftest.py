@@ -14,6 +14,18 @@ def _run_from_repo_root():
     os.chdir(ROOT)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: at test shapes a second thread costs more than it saves, and on a busy 2-core
+    machine the two spin-wait against any other process (docs/LOG.md)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def sample_text() -> str:
     """Real text from the bundled corpus: a Shakespeare play."""

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from scipy.stats import binomtest
 
 pytest.importorskip("lm_eval")
@@ -15,14 +14,7 @@ from lokilm.errors import LokiError
 from lokilm.eval import stats
 from lokilm.eval.compare import compare_items
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # two intra-op threads spin-wait against any other busy process on a 2-core machine (docs/LOG.md)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _items(task, scores, metric="acc", filt="none"):

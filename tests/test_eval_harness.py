@@ -15,14 +15,7 @@ from lokilm.generate import generate_ids
 from lokilm.model import Transformer
 from lokilm.tokenizer import decode, encode, eot_id
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # two intra-op threads spin-wait against any other busy process on a 2-core machine (docs/LOG.md)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PAIRS = [
     ("Question: What is the capital of Scotland?\nAnswer:", " Edinburgh"),

@@ -18,14 +18,7 @@ from lokilm.eval.harness import LokiLM
 from lokilm.eval.presets import PRESETS, preset_tasks
 from lokilm.model import Transformer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # two intra-op threads spin-wait against any other busy process on a 2-core machine (docs/LOG.md)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 COUNTS = {"arc_challenge": 1172, "hellaswag": 10042, "mmlu": 14042, "winogrande": 1267, "gsm8k": 1319,
           "truthfulqa_mc1": 817, "truthfulqa_mc2": 817}

@@ -11,19 +11,12 @@ from lokilm.config import ModelConfig, load_config
 from lokilm.model import KVCache, Transformer, alibi_slopes, make_attention
 from lokilm.model.attention import causal_bias
 
-pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # At these tiny shapes threads cost more than they save: on a busy 2-core machine, 2.5x the time.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 def tiny_config(**overrides) -> ModelConfig:
