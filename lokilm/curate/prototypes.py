@@ -9,7 +9,7 @@ import numpy as np
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from lokilm.curate.semdedup import default_clusters, kmeans
+from lokilm.curate.clustering import cluster_documents
 
 
 class PrototypePrune(PipelineStep):
@@ -25,8 +25,7 @@ class PrototypePrune(PipelineStep):
         if not docs:
             return
         with self.track_time():
-            x = np.stack([d.metadata["embedding"] for d in docs])
-            labels, centroids = kmeans(x, self.clusters or default_clusters(len(docs)), self.seed)
+            x, labels, centroids = cluster_documents(docs, self.clusters, self.seed)
             distance = 1 - np.einsum("ij,ij->i", x, centroids[labels])
             n_keep = round(self.keep_fraction * len(docs))
             order = np.lexsort((np.arange(len(docs)), -distance))  # farthest first; ties by input order

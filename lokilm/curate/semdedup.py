@@ -2,39 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-
-def default_clusters(n: int) -> int:
-    return max(1, round(math.sqrt(n / 2)))
-
-
-def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    """Spherical k-means on unit rows: (cluster of each row, unit centroids). faiss when installed, numpy otherwise."""
-    k = min(k, len(x))
-    try:
-        import faiss
-    except ImportError:
-        faiss = None
-    if faiss is not None:
-        km = faiss.Kmeans(x.shape[1], k, niter=iters, seed=seed, spherical=True, verbose=False)
-        km.train(np.ascontiguousarray(x, dtype=np.float32))
-        centroids = km.centroids
-    else:
-        rng = np.random.default_rng(seed)
-        centroids = x[rng.choice(len(x), k, replace=False)].copy()
-        for _ in range(iters):
-            labels = np.argmax(x @ centroids.T, axis=1)
-            for c in range(k):
-                members = x[labels == c]
-                if len(members):
-                    centroids[c] = members.sum(0) / max(np.linalg.norm(members.sum(0)), 1e-12)
-    labels = np.argmax(x @ centroids.T, axis=1)
-    return labels, centroids
+from lokilm.curate.clustering import cluster_documents
 
 
 class SemDedup(PipelineStep):
@@ -53,8 +25,7 @@ class SemDedup(PipelineStep):
         if not docs:
             return
         with self.track_time():
-            x = np.stack([d.metadata["embedding"] for d in docs])
-            labels, _ = kmeans(x, self.clusters or default_clusters(len(docs)), self.seed)
+            x, labels, _ = cluster_documents(docs, self.clusters, self.seed)
             duplicate_of: dict[int, tuple[int, float]] = {}
             for c in np.unique(labels):
                 members = np.flatnonzero(labels == c)
