@@ -135,7 +135,7 @@ def _curate(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from lokilm.generate import generate_from_run, run_config
+    from lokilm.generate import Sampler, run_config
 
     cfg = run_config(args.run_dir)
     g = cfg.generate
@@ -143,9 +143,10 @@ def _generate(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             setattr(g, name, value)
+    sampler = Sampler(args.run_dir)
     for prompt in args.prompt or g.prompts:
         print(prompt, end="", flush=True)
-        generate_from_run(args.run_dir, prompt, g, stream=lambda s: print(s, end="", flush=True))
+        sampler.complete(prompt, g, stream=lambda s: print(s, end="", flush=True))
         print(flush=True)
     return 0
 

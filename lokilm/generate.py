@@ -13,7 +13,7 @@ from lokilm.errors import LokiError
 from lokilm.model import Transformer
 from lokilm.rundir import RunDir
 from lokilm.tokenizer import decode, encode, eot_id, load_tokenizer
-from lokilm.train.checkpoint import latest_checkpoint
+from lokilm.train.checkpoint import Checkpoint, latest_checkpoint
 
 
 def run_config(run_dir: str | Path) -> Config:
@@ -25,10 +25,11 @@ def run_config(run_dir: str | Path) -> Config:
     return cfg
 
 
-def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, Config]:
-    """The run's model with the weights of its newest valid checkpoint, in eval mode."""
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu",
+               ckpt: Checkpoint | None = None) -> tuple[Transformer, Config]:
+    """The run's model with the weights of `ckpt` (default: its newest valid checkpoint), in eval mode."""
     cfg = run_config(run_dir)
-    ckpt = latest_checkpoint(Path(run_dir) / "checkpoints")
+    ckpt = ckpt or latest_checkpoint(Path(run_dir) / "checkpoints")
     if ckpt is None:
         raise LokiError(f"{run_dir} has no valid checkpoint to generate from")
     model = Transformer(from_dict(ckpt.state["config"]).model).to(device)
@@ -77,22 +78,33 @@ def generate_ids(model: Transformer, prompt_ids: list[int], settings: GenerateCo
         logits = model(nxt.view(1, 1), cache=cache)[:, -1]
 
 
+class Sampler:
+    """A run's newest checkpoint and its tokenizer, loaded (and checksum-verified) once, completing prompts."""
+
+    def __init__(self, run_dir: str | Path, device: str | torch.device = "cpu"):
+        self.model, cfg = load_model(run_dir, device)
+        self.tok = load_tokenizer(RunDir(cfg).tokenizer)
+
+    def complete(self, prompt: str, settings: GenerateConfig, stream: Callable[[str], None] | None = None) -> str:
+        """The completion of `prompt`; `stream` receives text as it is made."""
+        tok = self.tok
+        eot = eot_id(tok)
+        ids = [eot] + encode(tok, prompt)  # EOT marks the start of a document, as in training
+        new: list[int] = []
+        shown = ""
+        for token in generate_ids(self.model, ids, settings, tok.get_vocab_size(), stop_id=eot):
+            new.append(token)
+            text = decode(tok, new)
+            if stream and not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                stream(text[len(shown):])
+                shown = text
+        text = decode(tok, new)
+        if stream and text != shown:
+            stream(text[len(shown):])
+        return text
+
+
 def generate_from_run(run_dir: str | Path, prompt: str, settings: GenerateConfig,
                       stream: Callable[[str], None] | None = None) -> str:
-    """The completion of `prompt` by the run's latest checkpoint; `stream` receives text as it is made."""
-    model, cfg = load_model(run_dir)
-    tok = load_tokenizer(RunDir(cfg).tokenizer)
-    eot = eot_id(tok)
-    ids = [eot] + encode(tok, prompt)  # EOT marks the start of a document, as in training
-    new: list[int] = []
-    shown = ""
-    for token in generate_ids(model, ids, settings, tok.get_vocab_size(), stop_id=eot):
-        new.append(token)
-        text = decode(tok, new)
-        if stream and not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            stream(text[len(shown):])
-            shown = text
-    text = decode(tok, new)
-    if stream and text != shown:
-        stream(text[len(shown):])
-    return text
+    """The completion of `prompt` by the run's latest checkpoint (loads it: for many prompts, use Sampler)."""
+    return Sampler(run_dir).complete(prompt, settings, stream)

@@ -112,12 +112,13 @@ def train_stage(cfg: Config) -> dict:
 
 
 def generate_stage(cfg: Config) -> dict:
-    from lokilm.generate import generate_from_run
+    from lokilm.generate import Sampler
 
+    sampler = Sampler(cfg.run_dir)
     outputs = []
     for prompt in cfg.generate.prompts:
         print(f"\n--- prompt: {prompt!r}\n{prompt}", end="", flush=True)
-        text = generate_from_run(cfg.run_dir, prompt, cfg.generate, stream=lambda s: print(s, end="", flush=True))
+        text = sampler.complete(prompt, cfg.generate, stream=lambda s: print(s, end="", flush=True))
         print(flush=True)
         outputs.append({"prompt": prompt, "completion": text})
     summary = {"status": "done", "settings": vars(cfg.generate), "samples": outputs}

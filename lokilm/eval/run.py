@@ -33,8 +33,10 @@ class _Progress:
         print(f"  {what} {done}/{total}", flush=True)
 
 
-def evaluate_run(run_dir: str | Path, settings: EvalConfig, limit: int | None = None, device: str = "auto") -> dict:
-    """Benchmarks (lm-eval), bits per byte, the WinoBias probe and the qualitative prompts for one run."""
+def evaluate_run(run_dir: str | Path, settings: EvalConfig, limit: int | None = None, device: str = "auto",
+                 ckpt=None) -> dict:
+    """Benchmarks (lm-eval), bits per byte, the WinoBias probe and the qualitative prompts for one run
+    (on `ckpt`, default: its newest valid checkpoint)."""
     from lm_eval import __version__ as lm_eval_version
 
     from lokilm.eval import report, suite
@@ -48,8 +50,11 @@ def evaluate_run(run_dir: str | Path, settings: EvalConfig, limit: int | None = 
     preset_tasks(settings.preset, settings.tasks)  # an unknown preset or task fails before the model loads
     start = time.time()
     dev = resolve_device(device)
-    model, cfg = load_model(run_dir, dev)
-    ckpt = latest_checkpoint(Path(run_dir) / "checkpoints")
+    # verify the checkpoint's checksums once: for a 1.4B run that is reading ~17 GB
+    ckpt = ckpt or latest_checkpoint(Path(run_dir) / "checkpoints")
+    if ckpt is None:
+        raise LokiError(f"{run_dir} has no valid checkpoint to evaluate")
+    model, cfg = load_model(run_dir, dev, ckpt)
     tok = load_tokenizer(RunDir(cfg).tokenizer)
     lm = LokiLM(model, tok, batch_size=settings.batch_size, progress=_Progress())
     out = {"run_dir": str(run_dir), "checkpoint": str(ckpt.path), "step": ckpt.step,
@@ -114,7 +119,7 @@ def eval_stage(cfg) -> dict:
     done = run.read_summary("eval")
     if done and ckpt and done.get("checkpoint") == str(ckpt.path) and done.get("preset") == cfg.eval.preset:
         return {**done, "status": "skipped (done)"}
-    out = evaluate_run(cfg.run_dir, cfg.eval, device=cfg.train.device)
+    out = evaluate_run(cfg.run_dir, cfg.eval, device=cfg.train.device, ckpt=ckpt)
     from lokilm.eval.presets import HEADLINE
 
     headline = {row: out["tasks"][task]["metrics"].get(key) for row, (task, key) in HEADLINE.items() if task in out["tasks"]}
