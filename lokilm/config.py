@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 
 from lokilm.curate.settings import CurateConfig
+from lokilm.distill.settings import DistillConfig
 from lokilm.errors import LokiError
 
 
@@ -146,6 +147,7 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     curate: CurateConfig = field(default_factory=CurateConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def validate(self) -> None:
         m, t = self.model, self.train
@@ -275,6 +277,14 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is list:
         items = value if isinstance(value, list) else [value]
         return [coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(items)]
+    if dataclasses.is_dataclass(tp):  # an item of a list of sections, e.g. distill.teachers
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}, got {value!r}")
+        item = tp()
+        _apply_mapping(item, value, prefix=f"{key}.")
+        return item
     if tp is bool:
         if isinstance(value, bool):
             return value
