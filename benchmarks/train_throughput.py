@@ -4,7 +4,8 @@
     python benchmarks/train_throughput.py --config configs/stlm-100m.yaml model.vocab_size=50257   # the 124M shape
 
 Times full optimiser steps (forward, backward, AdamW) of the real model on random tokens, with the
-training settings of the config (bf16 autocast on CUDA, torch.compile if train.compile), after warmup
+training settings of the config (bf16 autocast on CUDA, torch.compile per block if train.compile, the
+precision and activation checkpointing of the config), in one process, after warmup
 steps that absorb compilation. Prints one JSON line; record the figures in docs/LOG.md.
 """
 
@@ -19,8 +20,10 @@ import torch
 
 from lokilm.config import load_config
 from lokilm.model import Transformer
+from lokilm.parallel.dist import Distributed, resolve_device
+from lokilm.parallel.fsdp import parallelize
 from lokilm.train.metrics import peak_flops
-from lokilm.train.trainer import autocast_for, build_optimizer, resolve_device
+from lokilm.train.trainer import autocast_for, build_optimizer
 
 
 def main() -> None:
@@ -39,7 +42,7 @@ def main() -> None:
     with torch.device(device):
         model = Transformer(m)
     model.init_weights()
-    step_model = torch.compile(model) if t.compile else model
+    parallelize(model, t, Distributed(0, 0, 1, device, fsdp=False))  # as the trainer: compile per block, 8-bit, ...
     optimizer = build_optimizer(model, t)
     autocast = autocast_for(device, t.precision)
     if device.type == "cuda":
@@ -49,7 +52,7 @@ def main() -> None:
     def step() -> None:
         for _ in range(args.accum):
             with autocast():
-                loss = step_model(x[:, :-1], x[:, 1:])
+                loss = model(x[:, :-1], x[:, 1:])
             (loss / args.accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or float("inf"))
         optimizer.step()

@@ -78,7 +78,17 @@ class SpikeConfig:
 class TrainConfig:
     seed: int = 1337
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # auto: bf16 on CUDA, fp32 on CPU. fp8_tensorwise / fp8_rowwise: bf16 with FP8 matmuls in the large
+    # linear layers (torchao; GPUs of compute capability 8.9+, e.g. H100); int8: bf16 with int8 mixed-precision
+    # matmuls (torchao; for GPUs without FP8, e.g. A100). lokilm/parallel/precision.py says which ran.
+    precision: Literal["auto", "bf16", "fp32", "fp8_tensorwise", "fp8_rowwise", "int8"] = "auto"
+    optimizer_8bit: bool = False  # AdamW with 8-bit moments (torchao.optim.AdamW8bit)
+    # Scale-out (lokilm/parallel/). fsdp auto: FSDP2 when torchrun starts more than one process; true: also
+    # in one process; false: never (YAML reads on/off as true/false too)
+    fsdp: bool | Literal["auto"] = "auto"
+    reduce_dtype: Literal["fp32", "bf16"] = "fp32"  # FSDP gradient reduce-scatter dtype
+    activation_checkpointing: Literal["none", "full", "selective"] = "none"  # selective: keep matmul outputs
+    checkpoint_format: Literal["auto", "single", "sharded"] = "auto"  # auto: sharded (DCP) when FSDP is on
     compile: bool = False
     max_steps: int = 1000
     micro_batch_size: int = 8  # sequences per forward pass

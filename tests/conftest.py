@@ -59,7 +59,7 @@ def prepared(tmp_path_factory, _run_from_repo_root):
     return root
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_cfg(prepared):
     """Build the config of a small model that trains on the prepared shards, in its own run directory."""
     from lokilm.config import load_config

@@ -45,7 +45,7 @@ def evaluate_run(run_dir: str | Path, settings: EvalConfig, limit: int | None = 
     from lokilm.generate import load_model
     from lokilm.tokenizer import load_tokenizer
     from lokilm.train.checkpoint import latest_checkpoint
-    from lokilm.train.trainer import resolve_device
+    from lokilm.parallel.dist import resolve_device
 
     preset_tasks(settings.preset, settings.tasks)  # an unknown preset or task fails before the model loads
     start = time.time()

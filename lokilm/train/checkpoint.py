@@ -6,6 +6,10 @@ A checkpoint is a folder `step_NNNNNNNN/` holding
     rng.safetensors        torch RNG states (CPU and CUDA)
     state.json             trainer state, optimiser param groups, the run's config
     manifest.json          sha256 and size of every file above (written last)
+An FSDP run writes the model and optimiser as one torch distributed checkpoint in `dcp/` instead, and one
+`rng_rank{r}.safetensors` per process (lokilm/parallel/dcp.py). DCP's `.metadata` is a pickle, so a sharded
+checkpoint is a run's own working state, not a file to share: `loki checkpoint consolidate` turns it into
+the single-file form.
 It is built in a temporary folder and renamed into place, so a crash or a full disk mid-save leaves the
 previous checkpoints untouched; loading checks every checksum and falls back to an older checkpoint.
 """
@@ -27,6 +31,7 @@ from lokilm.errors import LokiError
 from lokilm.fileio import sha256_file
 
 MANIFEST = "manifest.json"
+SHARDED = "dcp"  # the folder a sharded checkpoint keeps its model and optimiser in
 
 
 class CheckpointError(LokiError):
@@ -39,7 +44,15 @@ class Checkpoint:
     step: int
     state: dict  # state.json's content
 
+    @property
+    def sharded(self) -> bool:
+        """Written by FSDP as a torch distributed checkpoint (lokilm/parallel/dcp.py) rather than single files."""
+        return (self.path / SHARDED).is_dir()
+
     def load_model(self, model: torch.nn.Module) -> None:
+        if self.sharded:
+            raise CheckpointError(f"checkpoint {self.path} is sharded (written by an FSDP run); make it a single file "
+                                  f"first: loki checkpoint consolidate {self.path.parent.parent}")
         missing, unexpected = load_model(model, str(self.path / "model.safetensors"), strict=False)
         if missing or unexpected:
             raise CheckpointError(f"checkpoint {self.path} does not fit this model: missing {sorted(missing)[:5]}, "
@@ -70,8 +83,7 @@ def save_checkpoint(folder: str | Path, step: int, model: torch.nn.Module, optim
     """Write checkpoint `step` atomically, then delete all but the newest `keep` checkpoints."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step_{step:08d}"
-    tmp = folder / f".tmp-{final.name}-{os.getpid()}"
+    tmp = folder / f".tmp-step_{step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
@@ -79,9 +91,21 @@ def save_checkpoint(folder: str | Path, step: int, model: torch.nn.Module, optim
         opt = optimizer.state_dict()
         save_file({f"state.{i}.{name}": t.detach().contiguous().cpu() for i, s in opt["state"].items()
                    for name, t in s.items()}, str(tmp / "optimizer.safetensors"))
-        save_file(_rng_states(), str(tmp / "rng.safetensors"))
+        save_file(rng_states(), str(tmp / "rng.safetensors"))
         (tmp / "state.json").write_text(json.dumps({**state, "optimizer_param_groups": opt["param_groups"]}, indent=1))
-        files = sorted(p.name for p in tmp.iterdir())
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not write checkpoint {folder / f'step_{step:08d}'} ({e}); the previous "
+                              f"checkpoints are intact") from e
+    return commit_checkpoint(tmp, folder, step, keep)
+
+
+def commit_checkpoint(tmp: Path, folder: Path, step: int, keep: int) -> Path:
+    """Seal a checkpoint written into the temporary folder `tmp` (every file fsynced, then the manifest), rename
+    it into place as step_N, and delete all but the newest `keep` checkpoints."""
+    final = folder / f"step_{step:08d}"
+    try:
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         for name in files:  # flush to disk before the manifest vouches for them
             with open(tmp / name, "rb+") as f:
                 os.fsync(f.fileno())
@@ -90,7 +114,8 @@ def save_checkpoint(folder: str | Path, step: int, model: torch.nn.Module, optim
             json.dump({"step": step, "files": manifest}, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        for d in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
+            _fsync_dir(d)
         if final.exists():  # re-saving a step after a rollback: move the old one aside first
             old = folder / f".old-{final.name}-{os.getpid()}"
             os.replace(final, old)
@@ -107,7 +132,7 @@ def save_checkpoint(folder: str | Path, step: int, model: torch.nn.Module, optim
     return final
 
 
-def _rng_states() -> dict[str, torch.Tensor]:
+def rng_states() -> dict[str, torch.Tensor]:
     states = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):

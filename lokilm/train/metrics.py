@@ -48,6 +48,8 @@ class MetricsLog:
         if self.bar is not None:
             shown = {"loss": f"{record['loss']:.3f}" if "loss" in record else None,
                      "tok/s": f"{record['tokens_per_s']:,.0f}" if "tokens_per_s" in record else None,
+                     "tok/s/gpu": f"{record['tokens_per_s_per_gpu']:,.0f}" if "tokens_per_s_per_gpu" in record
+                     else None,
                      "mfu": f"{record['mfu']:.1%}" if record.get("mfu") is not None else None,
                      "val_bpb": f"{record['val_bpb']:.3f}" if "val_bpb" in record else None}
             self.bar.set_postfix({k: v for k, v in shown.items() if v is not None}, refresh=False)
@@ -73,6 +75,22 @@ class MetricsLog:
             self.bar.close()
         if self.writer is not None:
             self.writer.close()
+
+
+class NullLog:
+    """The log of every rank but 0 in a multi-process job: rank 0 speaks for all."""
+
+    def log(self, record: dict) -> None:
+        pass
+
+    def rewind(self, step: int) -> None:
+        pass
+
+    def event(self, kind: str, step: int, **info) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _truncate_after(path: Path, step: int) -> None:

@@ -30,14 +30,14 @@ class BatchSizeWarmup:
     """Grows the batch from `start` to the full size over the first `warmup_tokens` training tokens.
 
     The batch is counted in micro-batches (the forward shape never changes, so torch.compile sees one
-    shape); the learning rate follows the batch (sqrt scaling for Adam by default), which is the
-    "rescaled accordingly" of the LokiLM recipe.
+    shape), a whole number of them per process; the learning rate follows the batch (sqrt scaling for Adam
+    by default), which is the "rescaled accordingly" of the LokiLM recipe.
     """
 
-    def __init__(self, cfg: TrainConfig):
-        self.micro = cfg.micro_batch_size
+    def __init__(self, cfg: TrainConfig, world_size: int = 1):
+        self.micro = cfg.micro_batch_size * world_size
         self.full = cfg.batch_size
-        self.start = (cfg.batch_warmup_start or cfg.micro_batch_size) if cfg.batch_warmup_tokens else cfg.batch_size
+        self.start = (cfg.batch_warmup_start or self.micro) if cfg.batch_warmup_tokens else cfg.batch_size
         self.warmup_tokens = cfg.batch_warmup_tokens
         self.scaling = cfg.lr_batch_scaling
 

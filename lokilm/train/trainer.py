@@ -1,4 +1,5 @@
-"""The single-process training loop; batch warmup, spike rollback, evaluation and checkpoints are units it calls."""
+"""The training loop, in one process or on every rank of a torchrun job; batch warmup, spike rollback, evaluation,
+checkpoints and parallelism (lokilm/parallel) are units it calls."""
 
 from __future__ import annotations
 
@@ -10,15 +11,20 @@ from dataclasses import dataclass
 import torch
 
 from lokilm.config import Config, to_dict
+from lokilm.distill.unit import DistillUnit
 from lokilm.errors import LokiError
 from lokilm.eval.bpb import bits_per_byte
 from lokilm.fileio import sha256_file
 from lokilm.model import Transformer
+from lokilm.parallel import dcp
+from lokilm.parallel.dist import env_rank, init_distributed
+from lokilm.parallel.fsdp import clip_grad_norm, parallelize
+from lokilm.parallel.precision import adamw_8bit, after_optimizer_step, uses_bf16
 from lokilm.rundir import RunDir
 from lokilm.shards import ShuffledOrder, TokenWindows, read_meta
 from lokilm.tokenizer import load_tokenizer, token_byte_lengths
-from lokilm.train.checkpoint import Checkpoint, latest_checkpoint, restore_rng, save_checkpoint
-from lokilm.train.metrics import MetricsLog, peak_flops
+from lokilm.train.checkpoint import Checkpoint, latest_checkpoint
+from lokilm.train.metrics import MetricsLog, NullLog, peak_flops
 from lokilm.train.schedule import BatchSizeWarmup, lr_at
 from lokilm.train.spike import SpikeGuard
 
@@ -33,20 +39,12 @@ class TrainState:
     rollbacks: int = 0
     elapsed_s: float = 0.0
     spike_injected: bool = False
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise LokiError("train.device=cuda but no CUDA GPU is available (use train.device=auto or cpu)")
-    return torch.device(name)
+    kd_samples: int = 0  # KD windows consumed (the distillation unit's cursor; KD steps leave `samples` alone)
 
 
 def autocast_for(device: torch.device, precision: str):
     """A context-manager factory: bf16 autocast on CUDA (or when asked), plain fp32 otherwise."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if use_bf16:
+    if uses_bf16(device, precision):
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
@@ -57,6 +55,8 @@ def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer_8bit:
+        return adamw_8bit(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     fused = next(model.parameters()).device.type == "cuda"
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
 
@@ -65,8 +65,11 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg, t = cfg, cfg.train
         self.run = RunDir(cfg)
-        self.device = resolve_device(t.device)
-        self.autocast = autocast_for(self.device, t.precision)
+        self.dist = init_distributed(t.device, t.fsdp)
+        self.device = self.dist.device
+        # Under FSDP its mixed-precision policy casts the parameters; autocast would only add casts.
+        self.autocast = contextlib.nullcontext if self.dist.fsdp else autocast_for(self.device, t.precision)
+        self.sharded_checkpoints = dcp.writes_sharded(t.checkpoint_format, self.dist.fsdp)
         meta = read_meta(self.run.shards)
         if meta["vocab_size"] > cfg.model.vocab_size:
             raise LokiError(f"the shards use a {meta['vocab_size']}-token vocabulary but model.vocab_size="
@@ -79,10 +82,16 @@ class Trainer:
 
         torch.manual_seed(t.seed)
         self.model = Transformer(cfg.model).to(self.device)
-        self.model.init_weights()
-        self.step_model = torch.compile(self.model) if t.compile else self.model
+        self.model.init_weights()  # the whole model on every rank, then sharded: the same weights as one process
+        self.setup_notes = parallelize(self.model, t, self.dist)
+        self.step_model = self.model
+        if self.dist.rank:
+            torch.manual_seed(t.seed + self.dist.rank)  # ranks draw different dropout masks
         self.optimizer = build_optimizer(self.model, t)
-        self.batches = BatchSizeWarmup(t)
+        after_optimizer_step(self.model, self.optimizer, t.precision, self.dist.fsdp)
+        self.batches = BatchSizeWarmup(t, self.dist.world_size)
+        for n in {self.batches.start, self.batches.full}:
+            self.dist.share(n // t.micro_batch_size)  # the same number of micro-batches per rank, or a clear error
         self.spike = SpikeGuard(t.spike)
         self.state = TrainState(data_seed=t.seed)
         self._order = ShuffledOrder(len(self.train_windows), self.state.data_seed)
@@ -90,15 +99,20 @@ class Trainer:
         self.peak_flops = peak_flops(self.device)
         # The loss of one micro-batch; the distillation unit swaps in its own on KD batches.
         self.compute_loss = lambda x, y: self.step_model(x, y)
+        self.distill = DistillUnit.build(self) if cfg.distill.enabled else None
 
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> dict:
         t = self.cfg.train
         resumed = self._resume()
-        self.log = MetricsLog(self.run.root, t.max_steps, self.state.step, t.tensorboard, t.progress)
+        self.log = (MetricsLog(self.run.root, t.max_steps, self.state.step, t.tensorboard, t.progress)
+                    if self.dist.is_main else NullLog())
         status = "finished"
         try:
+            if self.setup_notes:
+                self.log.event("setup", self.state.step, world_size=self.dist.world_size, device=str(self.device),
+                               applied="; ".join(self.setup_notes))
             if resumed is None:
                 self._save()  # step 0: a rollback target exists from the first step on
                 self.log.log({"step": 0, "tokens": 0, "val_bpb": self.evaluate()} if self.val_windows else {"step": 0})
@@ -123,8 +137,9 @@ class Trainer:
         summary = {"status": status, "step": self.state.step, "tokens": self.state.tokens,
                    "rollbacks": self.state.rollbacks, "elapsed_s": round(self.state.elapsed_s, 2),
                    "parameters": self.model.num_params(), "device": str(self.device),
-                   "checkpoint": str(self._last_saved)}
-        self.run.write_summary("train", summary)
+                   "world_size": self.dist.world_size, "checkpoint": str(self._last_saved)}
+        if self.dist.is_main:
+            self.run.write_summary("train", summary)
         return summary
 
     def train_step(self) -> dict | None:
@@ -140,15 +155,17 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         n_micro = batch_size // t.micro_batch_size
+        mine = self.dist.share(n_micro)  # this rank's micro-batches of the global batch
         total = torch.zeros((), device=self.device)
-        for i in range(n_micro):
-            x, y = self.micro_batch(self.state.samples + i * t.micro_batch_size)
+        kd = self.distill is not None and self.distill.is_kd_step(self.state.step)
+        for i in mine:
+            x, y = self.distill.micro_batch(i) if kd else self.micro_batch(self.state.samples + i * t.micro_batch_size)
             with self.autocast():
-                loss = self.compute_loss(x, y)
-            (loss / n_micro).backward()
+                loss = (self.distill.loss if kd else self.compute_loss)(x, y)
+            (loss / len(mine)).backward()  # FSDP averages the gradients over the ranks
             total += loss.detach()
-        loss = float(total) / n_micro
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or float("inf")))
+        loss = self.dist.sum(total) / n_micro
+        grad_norm = clip_grad_norm(self.model, t.grad_clip)
         reason = self.spike.check(loss, grad_norm)
         if reason is not None:
             self.rollback(reason)
@@ -159,11 +176,19 @@ class Trainer:
         tokens = batch_size * seq
         dt = time.perf_counter() - start
         s = self.state
-        s.step, s.samples, s.tokens, s.elapsed_s = s.step + 1, s.samples + batch_size, s.tokens + tokens, s.elapsed_s + dt
+        s.step, s.tokens, s.elapsed_s = s.step + 1, s.tokens + tokens, s.elapsed_s + dt
+        if kd:
+            s.kd_samples += batch_size
+        else:
+            s.samples += batch_size
         record = {"step": s.step, "loss": loss, "lr": lr, "batch_size": batch_size, "tokens": s.tokens,
                   "tokens_per_s": tokens / dt, "grad_norm": grad_norm, "elapsed_s": s.elapsed_s}
+        if self.dist.world_size > 1:
+            record["tokens_per_s_per_gpu"] = tokens / dt / self.dist.world_size
         if self.peak_flops:
-            record["mfu"] = self.flops_per_token * tokens / dt / self.peak_flops
+            record["mfu"] = self.flops_per_token * tokens / dt / (self.peak_flops * self.dist.world_size)
+        if kd:
+            record.update(self.distill.record())
         return record
 
     def micro_batch(self, first_sample: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,7 +224,7 @@ class Trainer:
             raise LokiError(f"loss spike at step {failed_step} ({reason}) after {count - 1} rollbacks "
                             f"(train.spike.max_rollbacks={t.spike.max_rollbacks}); giving up. The last good "
                             f"checkpoint is {self._last_saved}")
-        ckpt = latest_checkpoint(self.run.checkpoints)
+        ckpt = self._latest()
         if ckpt is None:
             raise LokiError(f"loss spike at step {failed_step} ({reason}) and no checkpoint to roll back to")
         injected = self.state.spike_injected
@@ -212,8 +237,12 @@ class Trainer:
         self.log.event("rollback", failed_step, reason=reason, to_step=ckpt.step, rollbacks=count,
                        new_data_seed=self.state.data_seed)
 
+    def _latest(self) -> Checkpoint | None:
+        """The newest valid checkpoint: rank 0 verifies the checksums and tells the others."""
+        return self.dist.from_main(lambda: latest_checkpoint(self.run.checkpoints))
+
     def _resume(self) -> Checkpoint | None:
-        ckpt = latest_checkpoint(self.run.checkpoints)
+        ckpt = self._latest()
         if ckpt is None:
             return None
         saved_model = ckpt.state["config"]["model"]
@@ -228,9 +257,7 @@ class Trainer:
         return ckpt
 
     def _load(self, ckpt: Checkpoint) -> None:
-        ckpt.load_model(self.model)
-        ckpt.load_optimizer(self.optimizer)
-        restore_rng(ckpt.rng_states())
+        dcp.load(ckpt, self.model, self.optimizer, self.dist)
         self.state = TrainState(**ckpt.state["trainer"])
         self.spike.load_state_dict(ckpt.state["spike"])
         self._last_saved = ckpt.path
@@ -239,13 +266,18 @@ class Trainer:
         state = {"step": self.state.step, "trainer": dataclasses.asdict(self.state),
                  "spike": self.spike.state_dict(), "config": to_dict(self.cfg),
                  "tokenizer_sha256": self.tokenizer_sha256}
-        self._last_saved = save_checkpoint(self.run.checkpoints, self.state.step, self.model, self.optimizer,
-                                           state, keep=self.cfg.train.keep_checkpoints)
+        self._last_saved = dcp.save(self.run.checkpoints, self.state.step, self.model, self.optimizer, state,
+                                    self.cfg.train.keep_checkpoints, self.dist, self.sharded_checkpoints)
 
     def _saved_at_current_step(self) -> bool:
         return getattr(self, "_last_saved", None) is not None and self._last_saved.name == f"step_{self.state.step:08d}"
 
 
 def train(cfg: Config) -> dict:
-    RunDir(cfg).save_config()
-    return Trainer(cfg).fit()
+    if env_rank() == 0:
+        RunDir(cfg).save_config()
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.dist.close()

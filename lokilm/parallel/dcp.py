@@ -1,0 +1,188 @@
+"""Sharded checkpoints: every rank writes its shards of the model and optimiser as one torch distributed
+checkpoint (DCP), loaded back resharded onto however many processes resume it; `consolidate` turns one into
+the single-file checkpoint (lokilm/train/checkpoint.py) that generate, eval and export read.
+
+A sharded checkpoint is the same atomic, checksummed `step_N/` folder as a single-file one, holding `dcp/`,
+one `rng_rank{r}.safetensors` per process and `state.json`; rank 0 seals it once every rank has written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from lokilm.errors import LokiError
+from lokilm.parallel.dist import Distributed
+from lokilm.train.checkpoint import (
+    SHARDED,
+    Checkpoint,
+    CheckpointError,
+    commit_checkpoint,
+    list_checkpoints,
+    restore_rng,
+    rng_states,
+    save_checkpoint,
+    verify,
+)
+
+
+def writes_sharded(checkpoint_format: str, fsdp: bool) -> bool:
+    """train.checkpoint_format: auto is sharded exactly when the model is; an FSDP run cannot write single files."""
+    if fsdp and checkpoint_format == "single":
+        raise LokiError("train.checkpoint_format=single cannot be written by an FSDP run; use auto or sharded, "
+                        "then `loki checkpoint consolidate RUN_DIR`")
+    return checkpoint_format == "sharded" or (checkpoint_format == "auto" and fsdp)
+
+
+def save(folder: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
+         keep: int, dist: Distributed, sharded: bool) -> Path:
+    """Checkpoint `step` in the single-file form (one process) or sharded (every rank calls this)."""
+    if not sharded:
+        return save_checkpoint(folder, step, model, optimizer, state, keep)
+    folder = Path(folder)
+    tmp = folder / f".tmp-step_{step:08d}-sharded"  # one name for every rank: they all write into it
+    if dist.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    dist.barrier()
+    content = {"model": get_model_state_dict(model)}
+    if optimizer.state:  # none before the first step (the state-dict API would invent one with a fake step)
+        content["optimizer"] = get_optimizer_state_dict(model, optimizer)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "torch.distributed is disabled")  # one process, on purpose
+            dcp.save(content, checkpoint_id=tmp / SHARDED, no_dist=not dist.fsdp)
+        save_file(rng_states(), str(tmp / f"rng_rank{dist.rank}.safetensors"))
+        problem = None
+    except (OSError, dcp.CheckpointException) as e:
+        problem = f"could not write checkpoint {folder / f'step_{step:08d}'} ({e}); the previous checkpoints are intact"
+    dist.barrier()
+
+    def seal() -> str | None:
+        if problem is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return problem
+        try:
+            (tmp / "state.json").write_text(json.dumps({**state, "world_size": dist.world_size,
+                                                        "optimizer_saved": "optimizer" in content}, indent=1))
+            commit_checkpoint(tmp, folder, step, keep)
+        except (OSError, CheckpointError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return str(e)
+        return None
+
+    problem = dist.from_main(seal)
+    if problem is not None:
+        raise CheckpointError(problem)
+    return folder / f"step_{step:08d}"
+
+
+def load(ckpt: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer, dist: Distributed) -> None:
+    """Weights, optimiser state and RNG from a checkpoint of either form, into a model sharded or not, on any
+    number of processes: DCP reshards a sharded checkpoint to this run's processes."""
+    if not ckpt.sharded and not dist.fsdp:
+        ckpt.load_model(model)
+        ckpt.load_optimizer(optimizer)
+        restore_rng(ckpt.rng_states())
+        return
+    if not ckpt.sharded:
+        _load_single_into_sharded(ckpt, model, optimizer, dist)
+    else:
+        content = {"model": get_model_state_dict(model)}
+        if ckpt.state.get("optimizer_saved"):
+            content["optimizer"] = get_optimizer_state_dict(model, optimizer)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "torch.distributed is disabled")
+            dcp.load(content, checkpoint_id=ckpt.path / SHARDED, no_dist=not dist.fsdp)
+        set_model_state_dict(model, content["model"])
+        if "optimizer" in content:
+            set_optimizer_state_dict(model, optimizer, content["optimizer"])
+        else:
+            optimizer.state.clear()  # a step-0 checkpoint: no moments yet
+    rng = ckpt.path / f"rng_rank{dist.rank}.safetensors"
+    if rng.is_file():  # a rank the saving run did not have keeps its own seed
+        restore_rng(load_file(str(rng)))
+
+
+def _load_single_into_sharded(ckpt: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                              dist: Distributed) -> None:
+    """A single-file checkpoint (a one-process run) resumed by FSDP: rank 0 reads it into a plain copy of the
+    model and broadcasts the full state dicts, which every rank shards."""
+    from lokilm.config import from_dict
+    from lokilm.model import Transformer
+    from lokilm.train.trainer import build_optimizer
+
+    full = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    model_sd, optim_sd = {}, {}
+    if dist.is_main:
+        cfg = from_dict(ckpt.state["config"])
+        plain = Transformer(cfg.model)
+        plain_opt = build_optimizer(plain, cfg.train)
+        ckpt.load_model(plain)
+        ckpt.load_optimizer(plain_opt)
+        model_sd = get_model_state_dict(plain, options=StateDictOptions(full_state_dict=True))
+        if plain_opt.state:
+            optim_sd = get_optimizer_state_dict(plain, plain_opt, options=StateDictOptions(full_state_dict=True))
+    has_moments = dist.from_main(lambda: bool(optim_sd))
+    set_model_state_dict(model, model_sd, options=full)
+    if has_moments:
+        set_optimizer_state_dict(model, optimizer, optim_sd, options=full)
+    else:
+        optimizer.state.clear()
+    if dist.is_main:
+        restore_rng(ckpt.rng_states())
+
+
+def consolidate(run_dir: str | Path, step: int | None = None, out: str | Path | None = None) -> Path:
+    """Rewrite sharded checkpoint `step` (default: the newest) of a run as a single-file checkpoint with the same
+    weights, optimiser state and trainer state: in place, or as a new run directory `out` (config, tokenizer,
+    checkpoints/step_N) that `loki generate` and `loki eval` read. Resuming works from either form."""
+    from lokilm.config import from_dict
+    from lokilm.generate import run_config
+    from lokilm.model import Transformer
+    from lokilm.rundir import RunDir
+    from lokilm.train.trainer import build_optimizer
+
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir)
+    folders = [p for p in list_checkpoints(run_dir / "checkpoints") if step is None or p.name == f"step_{step:08d}"]
+    if not folders:
+        raise LokiError(f"{run_dir} has no checkpoint{'' if step is None else f' at step {step}'}")
+    path = folders[-1]
+    problem = verify(path)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} is corrupt: {problem}")
+    state = json.loads((path / "state.json").read_text())
+    ckpt = Checkpoint(path=path, step=int(state["step"]), state=state)
+    if not ckpt.sharded:
+        raise LokiError(f"checkpoint {path} is already a single-file checkpoint")
+    saved = from_dict(state["config"])
+    model = Transformer(saved.model)
+    optimizer = build_optimizer(model, saved.train)
+    load(ckpt, model, optimizer, Distributed(0, 0, 1, torch.device("cpu"), fsdp=False))
+    for key in ("world_size", "optimizer_saved"):
+        state.pop(key)
+    target = run_dir
+    if out is not None:
+        target = Path(out)
+        target.mkdir(parents=True, exist_ok=True)
+        if cfg.tokenizer.path is None:  # the run's own tokenizer goes with it
+            shutil.copyfile(run_dir / "tokenizer.json", target / "tokenizer.json")
+        cfg.run_dir = str(target)
+        RunDir(cfg).save_config()
+    existing = len(list_checkpoints(target / "checkpoints"))
+    return save_checkpoint(target / "checkpoints", ckpt.step, model, optimizer, state, keep=existing + 1)

@@ -1,0 +1,188 @@
+"""lokilm/parallel on CPU (gloo): two FSDP2 processes train like one, sharded checkpoints resume across process
+counts and consolidate to a single file, and the 8-bit options are refused where the hardware cannot run them."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from lokilm.cli import main as loki
+from lokilm.config import ModelConfig, TrainConfig, to_dict
+from lokilm.errors import LokiError
+from lokilm.generate import load_model
+from lokilm.model import Transformer
+from lokilm.parallel.dist import Distributed
+from lokilm.parallel.fsdp import parallelize
+from lokilm.parallel.precision import check_precision
+from lokilm.train.checkpoint import latest_checkpoint
+from lokilm.train.metrics import read_metrics
+from lokilm.train.trainer import train
+
+# 4 micro-batches per step: two per process when there are two.
+STEPS = ["train.micro_batch_size=4", "train.batch_size=16", "train.max_steps=8", "train.checkpoint_every=4",
+         "train.eval_every=0"]
+
+
+def losses(run_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
+
+
+def torchrun(cfg, nproc: int = 2) -> None:
+    """`torchrun --standalone --nproc_per_node=N -m lokilm.cli train CONFIG`, with exactly this config."""
+    path = cfg.run_dir + ".yaml"
+    with open(path, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "lokilm.cli", "train", path]
+    done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def reference(make_cfg, tmp_path_factory, one_thread):
+    """One process, no FSDP, single-file checkpoints at steps 0, 4 and 8: what every other run must reproduce."""
+    run = tmp_path_factory.mktemp("parallel") / "reference"
+    train(make_cfg(run, *STEPS))
+    return run
+
+
+def test_two_processes_match_one_and_a_sharded_checkpoint_resumes_in_one(make_cfg, reference, tmp_path, one_thread):
+    run = tmp_path / "two"
+    torchrun(make_cfg(run, *STEPS, "train.halt_at_step=4"))
+    ref, got = losses(reference), losses(run)
+    assert sorted(got) == [1, 2, 3, 4]
+    assert [got[s] for s in range(1, 5)] == pytest.approx([ref[s] for s in range(1, 5)], rel=1e-5)
+    records = [r for r in read_metrics(run) if "loss" in r]
+    assert all(r["tokens_per_s_per_gpu"] == pytest.approx(r["tokens_per_s"] / 2) for r in records)
+    ckpt = latest_checkpoint(run / "checkpoints")
+    assert ckpt.step == 4 and ckpt.sharded and ckpt.state["world_size"] == 2
+    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    assert "FSDP2 over 2 process(es)" in events[0]["applied"]
+
+    train(make_cfg(run, *STEPS))  # the same run, resumed by one plain process: DCP reshards 2 -> 1
+    got = losses(run)
+    assert [got[s] for s in range(5, 9)] == pytest.approx([ref[s] for s in range(5, 9)], rel=1e-5)
+
+    # the sharded step-4 checkpoint, consolidated, is the one-process step-4 checkpoint
+    out = tmp_path / "consolidated"
+    assert loki(["checkpoint", "consolidate", str(run), "--step", "4", "--out", str(out)]) == 0
+    model, _ = load_model(out)
+    expected, _ = load_model(reference, ckpt=_checkpoint(reference, 4))
+    x = torch.randint(0, 512, (2, 64))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected(x), rtol=1e-4, atol=1e-5)
+
+
+def _checkpoint(run, step):
+    from lokilm.train.checkpoint import Checkpoint
+
+    path = run / "checkpoints" / f"step_{step:08d}"
+    return Checkpoint(path=path, step=step, state=json.loads((path / "state.json").read_text()))
+
+
+def test_one_process_checkpoints_resume_in_two(make_cfg, reference, tmp_path, one_thread):
+    # sharded, written by one plain process
+    run = tmp_path / "one"
+    train(make_cfg(run, *STEPS, "train.checkpoint_format=sharded", "train.halt_at_step=4"))
+    assert latest_checkpoint(run / "checkpoints").sharded
+    torchrun(make_cfg(run, *STEPS))
+    ref, got = losses(reference), losses(run)
+    assert [got[s] for s in range(5, 9)] == pytest.approx([ref[s] for s in range(5, 9)], rel=1e-5)
+    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "resume" and events[-1]["step"] == 4
+
+    # single-file, as a plain one-GPU run writes by default: rank 0 reads it and FSDP shards it
+    single = tmp_path / "single"
+    shutil.copytree(reference, single)
+    shutil.rmtree(single / "checkpoints" / "step_00000008")
+    for line in ("metrics.jsonl", "events.jsonl"):
+        (single / line).unlink(missing_ok=True)
+    torchrun(make_cfg(single, *STEPS))
+    got = losses(single)
+    assert [got[s] for s in range(5, 9)] == pytest.approx([ref[s] for s in range(5, 9)], rel=1e-5)
+
+
+def test_fsdp_in_one_process_and_consolidation_in_place(make_cfg, reference, tmp_path, one_thread):
+    run = tmp_path / "fsdp1"
+    train(make_cfg(run, *STEPS, "train.fsdp=true", "train.halt_at_step=4"))  # a process group of one
+    ref, got = losses(reference), losses(run)
+    assert [got[s] for s in range(1, 5)] == pytest.approx([ref[s] for s in range(1, 5)], rel=1e-5)
+    assert latest_checkpoint(run / "checkpoints").sharded
+    with pytest.raises(LokiError, match=f"loki checkpoint consolidate {run}"):
+        load_model(run)
+    assert loki(["checkpoint", "consolidate", str(run)]) == 0
+    assert not latest_checkpoint(run / "checkpoints").sharded
+    model, _ = load_model(run)
+    expected, _ = load_model(reference, ckpt=_checkpoint(reference, 4))
+    x = torch.randint(0, 512, (2, 64))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected(x), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- precision
+
+
+@pytest.mark.parametrize("precision", ["fp8_tensorwise", "fp8_rowwise", "int8"])
+def test_8bit_precision_is_refused_on_cpu(make_cfg, tmp_path, precision):
+    with pytest.raises(LokiError, match=f"train.precision={precision} needs a CUDA GPU"):
+        train(make_cfg(tmp_path / "cpu", f"train.precision={precision}", "train.max_steps=1"))
+
+
+def test_capability_check():
+    for ok in [("fp8_rowwise", (9, 0)), ("fp8_tensorwise", (8, 9)), ("int8", (8, 0)), ("int8", (9, 0)),
+               ("bf16", None), ("auto", (7, 0))]:
+        check_precision(*ok)
+    with pytest.raises(LokiError, match=r"needs FP8 tensor cores.*8\.0.*train.precision=int8.*optimizer_8bit"):
+        check_precision("fp8_rowwise", (8, 0), "NVIDIA A100-SXM4-80GB")  # A100: the int8 options are offered
+    with pytest.raises(LokiError, match=r"needs FP8 tensor cores.*7\.0.*no int8 tensor-core training either"):
+        check_precision("fp8_tensorwise", (7, 0), "Tesla V100")
+    with pytest.raises(LokiError, match=r"int8 needs int8 tensor cores.*7\.5"):
+        check_precision("int8", (7, 5), "Tesla T4")
+
+
+def _linears_converted(precision: str, d_model: int, d_ff: int) -> set[str]:
+    from torchao.float8.float8_linear import Float8Linear
+
+    with torch.device("meta"):
+        model = Transformer(ModelConfig(vocab_size=32000, n_layer=1, n_head=16, d_model=d_model, d_ff=d_ff))
+    from lokilm.parallel.precision import convert_8bit
+
+    note = convert_8bit(model, precision, fsdp=False)
+    converted = {name for name, m in model.named_modules() if isinstance(m, Float8Linear)}
+    assert note.startswith(f"FP8 training ({precision.split('_')[1]} scaling") and f" {len(converted)} of 8 " in note
+    return converted
+
+
+def test_fp8_swaps_the_large_linear_layers_and_never_the_head():
+    block = "layers.0."
+    # LokiLM-1.4B's shapes: tensorwise pays off for every projection; rowwise only for the wide SwiGLU inputs
+    assert _linears_converted("fp8_tensorwise", 2048, 5888) == {
+        block + n for n in ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+                            "mlp.down_proj"]}
+    assert _linears_converted("fp8_rowwise", 2048, 5888) == {block + "mlp.gate_proj", block + "mlp.up_proj"}
+    assert _linears_converted("fp8_tensorwise", 512, 1024) == set()  # too small for FP8 to win
+
+
+@pytest.mark.parametrize("mode", ["full", "selective"])
+def test_activation_checkpointing_changes_nothing_but_memory(mode):
+    cfg = ModelConfig(vocab_size=128, n_layer=2, n_head=2, d_model=32, d_ff=64, context_length=16)
+    torch.manual_seed(0)
+    plain = Transformer(cfg)
+    plain.init_weights()
+    wrapped = Transformer(cfg)
+    wrapped.load_state_dict(plain.state_dict())
+    notes = parallelize(wrapped, TrainConfig(activation_checkpointing=mode),
+                        Distributed(0, 0, 1, torch.device("cpu"), fsdp=False))
+    assert notes == [f"activation checkpointing: {mode}, every block"]
+    assert list(wrapped.state_dict()) == list(plain.state_dict())  # checkpoints stay loadable by a plain model
+    x = torch.randint(0, 128, (2, 17))
+    for model in (plain, wrapped):
+        model(x[:, :-1], x[:, 1:]).backward()
+    for (name, a), b in zip(plain.named_parameters(), wrapped.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
