@@ -37,6 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(sub.add_parser("train", help="train (or resume training) a model", description=STAGE_HELP))
     _config_args(sub.add_parser("run", help="every stage in order: curate (when curate.enabled), tokenizer, tokenize, train, eval, generate", description=STAGE_HELP))
 
+    dis = sub.add_parser("distill", help="multi-teacher knowledge distillation (distill.teachers)")
+    dis_sub = dis.add_subparsers(dest="distill_command", required=True)
+    dgen = dis_sub.add_parser("generate", help="each teacher continues the KD windows' prefixes into its teacher "
+                              "cache (run_dir/distill/TEACHER/); resumes where it stopped", description=STAGE_HELP)
+    _config_args(dgen)
+    dgen.add_argument("--restart", action="store_true", help="discard existing teacher caches and start over")
+    _config_args(dis_sub.add_parser("experiment", help="train two students with and without KD from the same seed, "
+                                    "data and token budget, evaluate both and compare them pairwise "
+                                    "(run_dir/experiment.md)", description=STAGE_HELP))
+
     gen = sub.add_parser("generate", help="sample from a run's latest checkpoint")
     gen.add_argument("run_dir")
     gen.add_argument("--prompt", action="append", help="prompt text (repeatable); default: the run config's prompts")
@@ -55,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int)
     ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="eval settings, e.g. eval.winobias=false")
+
+    ck = sub.add_parser("checkpoint", help="checkpoint tools")
+    ck_sub = ck.add_subparsers(dest="checkpoint_command", required=True)
+    co = ck_sub.add_parser("consolidate", help="turn a sharded (FSDP) checkpoint into the single-file form that "
+                           "generate, eval and export read (in place, or as a new run directory with --out)")
+    co.add_argument("run_dir")
+    co.add_argument("--step", type=int, help="the checkpoint's step (default: the newest)")
+    co.add_argument("--out", help="write a new run directory here instead of rewriting the checkpoint in place")
 
     cmp = sub.add_parser("compare", help="paired comparison of two evaluated runs on the same items")
     cmp.add_argument("run_a")
@@ -80,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from lokilm import stages
     from lokilm.config import load_config
+    from lokilm.parallel.dist import env_rank
     from lokilm.rundir import RunDir
 
     if args.command == "generate":
@@ -90,6 +109,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return eval_command(args) if args.command == "eval" else compare_command(args)
     if args.command == "curate":
         return _curate(args)
+    if args.command == "checkpoint":
+        from lokilm.parallel.dcp import consolidate
+
+        print(f"single-file checkpoint: {consolidate(args.run_dir, args.step, args.out)}")
+        return 0
+    if args.command == "distill":
+        return _distill(args)
     subcommand = getattr(args, "tokenizer_command", None)
     cfg = load_config(args.config, args.overrides + (["tokenizer.kind=adapt"] if subcommand == "adapt" else []))
     if args.command == "run":
@@ -97,14 +123,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"\nrun directory: {cfg.run_dir}  (stage summaries in {cfg.run_dir}/stages/)")
         return 0
     stage = "tokenizer" if args.command == "tokenizer" else args.command
-    RunDir(cfg).save_config()
+    main_process = env_rank() == 0  # under torchrun, rank 0 writes and reports for all
+    if main_process:
+        RunDir(cfg).save_config()
     if subcommand == "compare":
         from lokilm.tokenizer.compare import compare_stage
 
         summary = compare_stage(cfg)
     else:
         summary = stages.STAGES[stage](cfg)
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("read", "inputs")}, indent=2))
+    if main_process:
+        print(json.dumps({k: v for k, v in summary.items() if k not in ("read", "inputs")}, indent=2))
     return 0
 
 
@@ -131,6 +160,24 @@ def _curate(args: argparse.Namespace) -> int:
     summary = curate_stage(cfg)
     print(curate_json(summary))
     print(f"report: {RunDir(cfg).root / 'curate' / 'report.md'}")
+    return 0
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from lokilm.config import load_config
+    from lokilm.rundir import RunDir
+
+    cfg = load_config(args.config, args.overrides)
+    RunDir(cfg).save_config()
+    if args.distill_command == "generate":
+        from lokilm.distill.generate import generate_stage
+
+        print(json.dumps(generate_stage(cfg, restart=args.restart), indent=2))
+    elif args.distill_command == "experiment":
+        from lokilm.distill.experiment import experiment
+
+        experiment(cfg)
+        print(f"results: {cfg.run_dir}/experiment.md and experiment.json")
     return 0
 
 

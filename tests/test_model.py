@@ -200,6 +200,7 @@ PRESET_PARAMS = {
     "tiny": 1_377_408,
     "quickstart": 1_377_408,  # the tiny model
     "curate-full": 1_377_408,  # a curation config over tiny
+    "distill-experiment": 725_664,  # the KD experiment's student
     "stlm-10m": 10_490_112,
     "stlm-50m": 59_821_056,
     "stlm-100m": 109_529_856,

