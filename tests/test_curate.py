@@ -107,11 +107,49 @@ def test_rerun_with_the_same_config_gives_the_same_output(tmp_path, cache, artic
     assert removals[0] == removals[1]
 
 
-def test_two_tasks_give_the_same_documents_as_one(tmp_path, cache, articles):
-    docs = articles + [articles[0], articles[5]]
-    _, one, _ = curate(tmp_path, cache, docs, name="one")
-    report, two, removals = curate(tmp_path, cache, docs, "curate.executor.tasks=2", name="two")
-    assert sorted(one) == sorted(two) and len(removals["exact_dedup"]) == 2 and report["accounting"]["balanced"]
+def test_an_interrupted_run_goes_on_from_its_unfinished_tasks(tmp_path, cache, articles, monkeypatch):
+    from lokilm.curate import pipeline
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    docs = articles + [articles[0]]
+    monkeypatch.setattr(pipeline, "write_report", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        curate(tmp_path, cache, docs, name="a")
+    monkeypatch.undo()
+    root = tmp_path / "a" / "curate"
+    (root / "work/logs/minhash/completions/00000").unlink()  # stopped in the last phase
+    filtered = (root / "work/filter/00000.jsonl").stat().st_mtime_ns
+    report, kept, _ = curate(tmp_path, cache, docs, name="a")
+    assert (root / "work/filter/00000.jsonl").stat().st_mtime_ns == filtered  # the finished phases were not run again
+    assert kept == curate(tmp_path, cache, docs, name="b")[1] and report["accounting"]["balanced"]
+
+
+def test_two_tasks_give_the_same_output_as_one(tmp_path, cache, sample_text, articles):
+    """Each task reads a contiguous block of the input, so the dedup steps keep the same copies as one task does:
+    here the second copy of an article and the edition of the play fall in the second task's block."""
+    play = Normalise().format(sample_text[:60_000])
+    docs = [*articles[:5], play, Normalise().format(light_edit(play)), articles[4], *articles[6:10]]
+    runs = {}
+    for tasks in (1, 2):
+        report, _, removals = curate(tmp_path, cache, docs, f"curate.executor.tasks={tasks}", name=f"t{tasks}")
+        output = [line for f in sorted((tmp_path / f"t{tasks}/curate/output").glob("*.jsonl"))
+                  for line in f.read_text().splitlines()]
+        runs[tasks] = output, (tmp_path / f"t{tasks}/curate/removals.jsonl").read_text()
+    assert runs[1] == runs[2] and report["accounting"]["balanced"]
+    assert [r["id"] for r in removals["exact_dedup"]] == ["corpus.jsonl#8"] and len(removals["minhash"]) == 1
+
+
+def test_ray_executor_gives_the_same_output_as_local(tmp_path, cache, articles):
+    pytest.importorskip("ray")  # not a lokilm dependency; a local Ray instance takes about half a minute to start
+    docs = [*articles[:4], articles[1]]
+    outputs = []
+    for kind in ("local", "ray"):
+        report, kept, removals = curate(tmp_path, cache, docs, "curate.executor.tasks=2", f"curate.executor.kind={kind}",
+                                        name=kind)
+        outputs.append((kept, removals["exact_dedup"], report["accounting"]))
+    assert outputs[0] == outputs[1] and outputs[1][2]["balanced"]
 
 
 def test_bad_input_is_counted_under_named_reasons_and_the_accounting_balances(tmp_path, cache, articles, capsys):

@@ -91,6 +91,32 @@ def test_long_documents_are_embedded_in_spread_chunks_and_cached(embed_settings,
     assert np.array_equal(again.embed([long, DISTINCT[0]]), first[::-1])
 
 
+class CountingModel:
+    """MiniLM, counting the chunks sent through it."""
+
+    def __init__(self, model):
+        self.model, self.chunks = model, []
+
+    def encode(self, texts, **kwargs):
+        self.chunks += texts
+        return self.model.encode(texts, **kwargs)
+
+
+def test_a_book_is_embedded_in_at_most_max_chunks_and_the_cache_is_saved_per_block(tmp_path, model, monkeypatch):
+    from lokilm.curate import embeddings
+
+    monkeypatch.setattr(embeddings, "SAVE_EVERY", 2)
+    s = EmbeddingSettings(cache_dir=str(tmp_path), chunk_words=16, max_chunks=3)
+    counting = CountingModel(model)
+    book = " ".join(f"w{i}" for i in range(20_000))
+    e = Embedder(s, counting)
+    e.embed([book, *DISTINCT[:3]])
+    assert sum(c.startswith("w") for c in counting.chunks) == 3 == s.max_chunks
+    assert e.chunks_embedded == len(counting.chunks) == 3 + sum(len(e.chunks(t)) for t in DISTINCT[:3])
+    with np.load(e.cache_path) as z:
+        assert len(z["keys"]) == 4
+
+
 def test_classifier_trains_reports_heldout_accuracy_and_filters(tmp_path, embed_settings, model, monkeypatch):
     rows = [json.loads(line) for line in lzma.open("data/quality_labels/agreement_data.jsonl.xz", "rt")]
     rows = [r for r in rows if r["label"] == 0][:20] + [r for r in rows if r["label"] == 1][:20]

@@ -59,10 +59,12 @@ def train_classifier(cs: ClassifierSettings, es: EmbeddingSettings, embedder: Em
 
 def load_classifier(cs: ClassifierSettings, es: EmbeddingSettings) -> dict:
     path = Path(cs.path)
-    if not path.is_file():
-        print(f"curate: no quality classifier at {path}; training one on {cs.labels}", flush=True)
+    model = json.loads(path.read_text()) if path.is_file() else None
+    if model is None or (model["chunk_words"], model["max_chunks"]) != (es.chunk_words, es.max_chunks):
+        why = "no quality classifier" if model is None else "the quality classifier was trained on other chunking"
+        print(f"curate: {why} at {path}; training one on {cs.labels}", flush=True)
         return train_classifier(cs, es)
-    return json.loads(path.read_text())
+    return model
 
 
 class QualityFilter(BaseFilter):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from lokilm.curate.settings import EmbeddingSettings
 from lokilm.errors import LokiError
 
 MODEL_NAME = "all-MiniLM-L6-v2"
+SAVE_EVERY = 2000  # texts embedded between two saves of the cache
 
 
 def load_minilm(device: str = "cpu"):
@@ -36,6 +38,7 @@ class Embedder:
         self.s, self._model = s, model
         self.cache_path = Path(s.cache_dir) / f"{MODEL_NAME}_w{s.chunk_words}_c{s.max_chunks}.npz"
         self._cache: dict[str, np.ndarray] | None = None
+        self.chunks_embedded = 0  # chunks this embedder sent through the model (cached texts send none)
 
     @property
     def model(self):
@@ -51,21 +54,27 @@ class Embedder:
         return [" ".join(words[i: i + self.s.chunk_words]) for i in starts]
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Unit-length float32 embeddings, one row per text."""
+        """Unit-length float32 embeddings, one row per text. New ones are embedded in blocks of SAVE_EVERY texts and
+        saved to the cache after each block, so an interrupted run loses at most one block."""
         cache = self._load_cache()
         # hex digests: numpy would strip the trailing NUL bytes of a raw digest when saving
         keys = [hashlib.sha1(t.encode("utf-8", "replace")).hexdigest() for t in texts]
         todo = sorted({k: t for k, t in zip(keys, texts) if k not in cache}.items())
-        if todo:
-            pieces = [(k, c) for k, t in todo for c in self.chunks(t)]
+        for first in range(0, len(todo), SAVE_EVERY):
+            start, block = time.time(), todo[first: first + SAVE_EVERY]
+            pieces = [(k, c) for k, t in block for c in self.chunks(t)]
             vecs = self.model.encode([c for _, c in pieces], batch_size=self.s.batch_size, normalize_embeddings=True,
-                                     convert_to_numpy=True, show_progress_bar=len(pieces) > 2000)
+                                     convert_to_numpy=True, show_progress_bar=False)
             sums: dict[str, np.ndarray] = {}
             for (k, _), v in zip(pieces, vecs):
                 sums[k] = sums[k] + v if k in sums else v.astype(np.float32).copy()
             for k, v in sums.items():
                 cache[k] = v / max(np.linalg.norm(v), 1e-12)
             self._save_cache()
+            self.chunks_embedded += len(pieces)
+            if len(todo) > SAVE_EVERY:
+                print(f"embed: {first + len(block):,}/{len(todo):,} texts, "
+                      f"{len(pieces) / (time.time() - start):.1f} chunks/s", flush=True)
         return np.stack([cache[k] for k in keys]) if keys else np.zeros((0, 384), np.float32)
 
     def _load_cache(self) -> dict[str, np.ndarray]:
@@ -97,7 +106,9 @@ class Embed(PipelineStep):
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         docs = list(data)
         with self.track_time():
-            vecs = Embedder(self.s).embed([d.text for d in docs])
+            embedder = Embedder(self.s)
+            vecs = embedder.embed([d.text for d in docs])
+        self.stat_update("chunks_embedded", value=embedder.chunks_embedded)
         for doc, v in zip(docs, vecs):
             doc.metadata["embedding"] = v
             yield doc

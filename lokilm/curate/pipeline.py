@@ -40,7 +40,7 @@ from lokilm.config import Config
 from lokilm.curate.accounting import Tally, removals_writer
 from lokilm.curate.heuristics import RegexWordTokenizer, heuristic_filters
 from lokilm.curate.normalise import Normalise
-from lokilm.curate.reader import LokiReader, SizeLimit, read_report
+from lokilm.curate.reader import LokiReader, SizeLimit, read_report, reading_order_priority
 from lokilm.curate.report import write_report
 from lokilm.data.readers import DataError
 from lokilm.rundir import RunDir
@@ -69,13 +69,16 @@ def curated_record(writer, doc: Document) -> dict:
 
 
 def curate_stage(cfg: Config) -> dict:
-    """Run the pipeline into run_dir/curate/ (skipped when done with the same settings); return the summary."""
+    """Run the pipeline into run_dir/curate/ (skipped when done with the same settings; an interrupted run with the
+    same settings goes on from its unfinished tasks); return the summary."""
     run, c = RunDir(cfg), cfg.curate
     root = run.root / "curate"
     for path in cfg.data.inputs:
         if not Path(path).exists():
             raise DataError(f"input path does not exist: {path}")
-    wanted = {"inputs": cfg.data.inputs, "text_field": cfg.data.text_field, "curate": asdict(c)}
+    # where, and how many at once, the tasks run does not change the output; the number of tasks names the files
+    wanted = {"inputs": cfg.data.inputs, "text_field": cfg.data.text_field,
+              "curate": {**asdict(c), "executor": {"tasks": c.executor.tasks}}}
     done = run.read_summary("curate")
     if done and done.get("settings") == wanted and (root / "report.json").is_file():
         return {**done, "status": "skipped (done)"}
@@ -83,17 +86,18 @@ def curate_stage(cfg: Config) -> dict:
         shutil.rmtree(root)  # settings changed: nothing from an earlier run may leak into this one
     _quiet_datatrove()
     phases = build_phases(cfg, root / "work")
-    if c.executor.kind != "local":
-        _submit(phases, c, root / "work")
-        summary = {"status": f"submitted to {c.executor.kind}", "settings": wanted, "work": str(root / "work")}
+    if c.executor.kind == "slurm":
+        _submit_slurm(phases, c, root / "work")
+        summary = {"status": "submitted to slurm", "settings": wanted, "work": str(root / "work")}
         run.write_summary("curate", summary)
         return summary
+    run.write_summary("curate", {"status": "running", "settings": wanted})  # run again, an interrupted run resumes
     start, timings = time.time(), {}
     for name, pipeline, tasks in phases:
         t0, logs = time.time(), root / "work" / "logs" / name
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / "console.log", "w") as console, contextlib.redirect_stderr(console):
-            _local(pipeline, tasks, c.executor.workers, logs).run()  # datatrove's chatty logs go to the file
+            _executor(c.executor, pipeline, tasks, logs).run()  # datatrove's chatty logs go to the file
         timings[name] = round(time.time() - t0, 2)
         print(f"curate: {name} done in {timings[name]:.1f} s", flush=True)
         if name == "filter":
@@ -127,7 +131,7 @@ def build_phases(cfg: Config, work: Path) -> list[tuple[str, list, int]]:
         steps = [RankJsonlReader(out, compression=None, add_file_path=False)]
 
     if c.exact_dedup.enabled:
-        exact = ExactDedupConfig(content_getter=doc_text)
+        exact = ExactDedupConfig(content_getter=doc_text, document_priority=reading_order_priority)
         cut(ExactDedupSignature(str(work / "exact_sigs"), exact))
         phases.append(("exact_find", [ExactFindDedups(str(work / "exact_sigs"), str(work / "exact_dups"), exact)], 1))
         current = "exact_dedup"
@@ -198,30 +202,30 @@ def _decontaminate(d, removed: str):
     return Decontaminate(d.n, d.mode, d.benchmarks, d.cache_dir, dropped)
 
 
-def _local(pipeline: list, tasks: int, workers: int, logging_dir: Path):
+def _executor(e, pipeline: list, tasks: int, logging_dir: Path):
+    """Local: `workers` processes on this machine. Ray: tasks on the cluster `ray.init()` finds (a local one if
+    none); like the local executor, it returns when the phase is done. Both skip tasks finished by an earlier run."""
+    if e.kind == "ray":
+        from datatrove.executor import RayPipelineExecutor
+
+        return RayPipelineExecutor(pipeline=pipeline, tasks=tasks, logging_dir=str(logging_dir))
     from datatrove.executor import LocalPipelineExecutor
 
-    return LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=max(1, min(workers, tasks)),
-                                 logging_dir=str(logging_dir), skip_completed=True)
+    # forked workers inherit the redirected stderr, so their datatrove logs go to the phase's console.log too
+    return LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=max(1, min(e.workers, tasks)),
+                                 logging_dir=str(logging_dir), skip_completed=True, start_method="fork")
 
 
-def _submit(phases: list, c, work: Path) -> None:
-    """Slurm or Ray: the same phases as dependent jobs. The report needs the finished work folder: run
-    `loki curate` again locally with the same config once the jobs are done (finished tasks are skipped)."""
-    previous = None
+def _submit_slurm(phases: list, c, work: Path) -> None:
+    """The phases as dependent Slurm jobs. The report needs the finished work folder: run `loki curate` again with
+    `curate.executor.kind=local` once the jobs are done (finished tasks are skipped, the report is written)."""
+    from datatrove.executor import SlurmPipelineExecutor
+
+    previous, e = None, c.executor
     for name, pipeline, tasks in phases:
-        logs = str(work / "logs" / name)
-        if c.executor.kind == "slurm":
-            from datatrove.executor import SlurmPipelineExecutor
-
-            e = c.executor
-            previous = SlurmPipelineExecutor(pipeline=pipeline, tasks=tasks, time=e.slurm_time, partition=e.slurm_partition,
-                                             cpus_per_task=e.slurm_cpus_per_task,
-                                             job_name=f"loki-curate-{name}", logging_dir=logs, depends=previous)
-        else:
-            from datatrove.executor import RayPipelineExecutor
-
-            previous = RayPipelineExecutor(pipeline=pipeline, tasks=tasks, logging_dir=logs, depends=previous)
+        previous = SlurmPipelineExecutor(pipeline=pipeline, tasks=tasks, time=e.slurm_time, partition=e.slurm_partition,
+                                         cpus_per_task=e.slurm_cpus_per_task, job_name=f"loki-curate-{name}",
+                                         logging_dir=str(work / "logs" / name), depends=previous)
     previous.run()
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter
@@ -13,7 +15,13 @@ from lokilm.data.readers import DataError, ReadStats, iter_documents
 
 
 class LokiReader(PipelineStep):
-    """Yields every document of `inputs` (any format lokilm.data.readers knows); rank r of n takes every n-th one.
+    """Yields the documents of `inputs` (any format lokilm.data.readers knows); rank r of n takes the r-th of n
+    contiguous blocks of about equal bytes.
+
+    Contiguous blocks keep the order (rank, position in rank) the same as the reading order, so datatrove's dedup
+    steps, which keep the first of a set of duplicates in that order, keep the same copies whatever the number of
+    tasks. With more than one task, every rank first reads the inputs through once to find the blocks (the whole
+    ReadStats account comes from that pass), then reads up to the end of its own block.
 
     At the end rank 0 writes its ReadStats (what was skipped or repaired, and why) to `stats_folder`. A
     DataError (e.g. a folder with nothing readable) is written there too instead of raised, so the pipeline can
@@ -30,22 +38,40 @@ class LokiReader(PipelineStep):
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         stats, error = ReadStats(), None
         try:
-            docs, i = iter_documents(self.inputs, self.text_field, stats), 0
-            while True:
+            start, stop = 0, None
+            if world_size > 1:
+                with self.track_time():
+                    start, stop = self._block(rank, world_size, stats)
+            docs = iter_documents(self.inputs, self.text_field, stats if world_size == 1 else ReadStats())
+            for i in itertools.count():
+                if i == stop:
+                    break
                 with self.track_time():  # reading and decompressing only, not the stages downstream
                     doc = next(docs, None)
                 if doc is None:
                     break
-                if i % world_size == rank:
+                if i >= start:
                     self.stat_update("documents")
-                    yield Document(text=doc.text, id=doc.id, metadata={"source": doc.source})
-                i += 1
+                    yield Document(text=doc.text, id=doc.id, metadata={"source": doc.source, "reader_rank": rank})
         except DataError as e:
             error = str(e)
-        if rank == 0:  # every rank reads every file, so rank 0's account is the whole account
+        if rank == 0:  # rank 0 has read every file (in its only pass, or its first), so its account is whole
             out = Path(self.stats_folder)
             out.mkdir(parents=True, exist_ok=True)
             (out / "read.json").write_text(json.dumps({"read": stats.to_dict(), "error": error}))
+
+    def _block(self, rank: int, world_size: int, stats: ReadStats) -> tuple[int, int]:
+        """[start, stop) of this rank's documents: each goes to the block its middle byte falls in."""
+        sizes = np.array([len(d.text.encode()) for d in iter_documents(self.inputs, self.text_field, stats)], np.int64)
+        middle = np.cumsum(sizes) - sizes / 2
+        owner = np.minimum((middle * world_size / max(int(sizes.sum()), 1)).astype(np.int64), world_size - 1)
+        return int(np.searchsorted(owner, rank)), int(np.searchsorted(owner, rank + 1))
+
+
+def reading_order_priority(doc: Document) -> int:
+    """Exact dedup keeps the copy of highest priority, then of lowest position in its rank: with contiguous
+    blocks, a lower rank first is the reading order."""
+    return 65535 - doc.metadata["reader_rank"]
 
 
 class SizeLimit(BaseFilter):

@@ -35,7 +35,7 @@ def _phase_stats(work: Path, timings: dict) -> tuple[dict, dict, dict]:
             name, stats = step["name"], step["stats"]
             if TALLY in name:
                 stage = name.split(TALLY, 1)[1]
-                counts[stage] = {"documents": stats.get("documents", 0), "bytes": _total(stats.get("bytes", 0))}
+                counts[stage] = {"documents": _total(stats.get("documents", 0)), "bytes": _total(stats.get("bytes", 0))}
                 if stage != "input":  # the reader's time belongs to the read stage, which ends at the next tally
                     seconds[stage], pending = round(pending, 3), 0.0
             elif isinstance(step["time_stats"], dict):
@@ -47,7 +47,7 @@ def _phase_stats(work: Path, timings: dict) -> tuple[dict, dict, dict]:
     return counts, seconds, edits
 
 
-def _total(stat) -> int:
+def _total(stat) -> int:  # a count merged over tasks is a number (local executor) or {"total": ...} (Ray)
     return stat["total"] if isinstance(stat, dict) else stat
 
 
@@ -126,7 +126,9 @@ def _markdown(s: dict) -> str:
         lines.append(f"| {st['stage']} | {st['documents_in']:,} | {st['documents_out']:,} | {_mb(st['bytes_in'])} | "
                      f"{_mb(st['bytes_out'])} | {st['seconds']:.1f} | {st['mb_per_s'] or '-'} | {reasons} |")
     lines += ["", f"Writing the output took {s['write_seconds']:.1f} s. Stage times are the time spent in the stage's own "
-              "steps (dedup: including its signature, index and intermediate files).", "", "## Examples of removals", ""]
+              "steps (dedup: including its signature, index and intermediate files), summed over a phase's parallel "
+              "tasks; wall time per phase: " + ", ".join(f"{k} {v:.1f} s" for k, v in s["phase_seconds"].items()) + ".",
+              "", "## Examples of removals", ""]
     for st in s["stages"]:
         for reason, examples in st["examples"].items():
             lines.append(f"### {st['stage']}: {reason}")

@@ -61,8 +61,8 @@ class EmbeddingSettings:
     """all-MiniLM-L6-v2 sentence embeddings, shared by the classifier, SemDeDup and prototype pruning."""
     device: str = "cpu"
     batch_size: int = 64
-    chunk_words: int = 128  # a long document is embedded as the mean of chunks of this many words...
-    max_chunks: int = 8  # ...at most this many, spread evenly over the document
+    chunk_words: int = 128  # a long document is embedded as the mean of chunks of this many words (~150 word pieces)...
+    max_chunks: int = 4  # ...at most this many, spread evenly over it: the embedding time is about linear in chunks
     cache_dir: str = "runs/.cache/embeddings"
 
 
