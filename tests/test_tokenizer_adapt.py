@@ -126,6 +126,27 @@ def test_pruning_is_deterministic(pruned, train_sample):
     assert report == pruned[1]
 
 
+def test_unused_tokens_go_on_the_first_encoding_with_the_same_result(pruned, train_sample, monkeypatch):
+    """Rounds that removed only unused tokens reuse their counts: the vocabulary and the rounds are exactly those
+    of re-encoding every round, at 3,000 (used tokens pruned too) and at 20,000 (only unused ones, capped)."""
+    import functools
+
+    from lokilm.tokenizer import adapt
+
+    fast = {PRUNED: pruned, 20_000: adapt_cl100k(train_sample, 20_000, round_fraction=0.25)}
+    monkeypatch.setattr(adapt, "_prune", functools.partial(adapt._prune, reuse_unused=False))
+    for size, (tok, report) in fast.items():
+        slow_tok, slow = adapt_cl100k(train_sample, size, round_fraction=0.25)
+        assert tok.to_str() == slow_tok.to_str()
+        assert report["rounds"] == slow["rounds"] and report["sample_tokens"] == slow["sample_tokens"]
+        assert slow["prune_encodings"] == len(slow["rounds"])
+        used = [r["removed_max_usage"] > 0 for r in report["rounds"]]
+        assert used == sorted(used)  # every unused token goes before the first used one
+        assert report["prune_encodings"] == 1 + sum(used[:-1])  # one encoding, then one per round after a used removal
+    assert fast[20_000][1]["prune_encodings"] == 1 and len(fast[20_000][1]["rounds"]) > 1
+    assert fast[PRUNED][1]["prune_encodings"] < len(fast[PRUNED][1]["rounds"]) // 2
+
+
 def test_standard_loaders_read_the_adapted_file(tmp_path, refilled, other_text):
     tok, _ = refilled
     path = tmp_path / "adapted.json"

@@ -6,6 +6,8 @@ and removes the least-used removable tokens. A token is removable when it is not
 no kept token is merged from it, so every kept token stays reachable through kept merges. Removing a
 token whose every occurrence splits into two costs about one extra token per use, so its usage count
 is the compression it costs; rounds re-encode the sample because removals shift usage onto other tokens.
+Removing only tokens the sample never uses shifts nothing (see `_prune`), so a round that removed no used
+token reuses the counts instead of re-encoding: all the never-used tokens go after the first encoding.
 The optional refill learns merges on top of the pruned vocabulary from the same sample ("trained on more
 of its own data"); they are appended after cl100k's merges, so they apply to the pruned encoding.
 
@@ -137,7 +139,8 @@ def adapt_cl100k(texts: Iterable[str], vocab_size: int, new_merges: int = 0, rou
     state = _Vocab(base)
     report = {"cl100k_tokens": len(base.tokens), "sample_words": int(table.counts.sum()),
               "sample_distinct_words": len(table.words), "rounds": []}
-    report["sample_tokens_cl100k"] = _prune(state, table, prune_to, round_fraction, report["rounds"], progress)
+    report["sample_tokens_cl100k"], report["prune_encodings"] = _prune(state, table, prune_to, round_fraction,
+                                                                      report["rounds"], progress)
     if n_new:
         _refill(state, table, n_new, round_fraction, report["rounds"], progress)
     tok = state.tokenizer(CL100K_SPECIALS)
@@ -217,15 +220,29 @@ class _Vocab:
         self.children[[a, b]] += 1 if a != b else 2
 
 
-def _prune(state: _Vocab, table: _WordTable, target: int, round_fraction: float, rounds: list, progress: bool) -> int:
-    """Remove least-used leaf tokens in rounds until `target` are kept; returns the sample's tokens at the start."""
+def _prune(state: _Vocab, table: _WordTable, target: int, round_fraction: float, rounds: list, progress: bool,
+           reuse_unused: bool = True) -> tuple[int, int]:
+    """Remove least-used leaf tokens in rounds until `target` are kept.
+
+    Returns the sample's tokens at the start and how many times the sample was encoded. A round whose removed
+    tokens were all unused reuses its counts for the next round (`reuse_unused`; False re-encodes every round,
+    the original behaviour, kept for the tests): an unused leaf is never formed while encoding (nothing merges
+    it further, so once formed it would be in the output), so dropping it and its merge changes no word's
+    encoding, and every count stays exact. The rounds, and the vocabulary, are those of re-encoding every
+    round; only the tokens the sample never uses (about 40% of cl100k on a 50 MB sample) are removed
+    without paying for an encoding each round.
+    """
     from tqdm import tqdm
 
     first = None
+    encodings = 0
+    usage = None  # uses of each kept token, in kept order; None when it has to be measured again
     bar = tqdm(total=int(state.kept.sum()) - target, desc="pruning cl100k", unit="tok", disable=not progress)
     while (n_kept := int(state.kept.sum())) > target:
         kept = state.kept_ids()
-        usage = state.usage(table)
+        if usage is None:
+            usage = state.usage(table)
+            encodings += 1
         first = int(usage.sum()) if first is None else first
         removable = np.flatnonzero((state.children[kept] == 0) & state.merged[kept])  # leaves, never bytes
         # least used first; among equals the later (longer, rarer) merge goes first, so the order is deterministic
@@ -234,9 +251,13 @@ def _prune(state: _Vocab, table: _WordTable, target: int, round_fraction: float,
         state.remove(kept[take])
         rounds.append({"step": "prune", "kept": n_kept - len(take), "sample_tokens_before": int(usage.sum()),
                        "removed_max_usage": int(usage[take].max())})
+        usage = np.delete(usage, take) if reuse_unused and not usage[take].any() else None
         bar.update(len(take))
     bar.close()
-    return first if first is not None else int(state.usage(table).sum())
+    if first is None:
+        first = int(state.usage(table).sum())
+        encodings += 1
+    return first, encodings
 
 
 def _refill(state: _Vocab, table: _WordTable, n_new: int, round_fraction: float, rounds: list, progress: bool) -> None:
