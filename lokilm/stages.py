@@ -105,6 +105,17 @@ def tokenize_stage(cfg: Config) -> dict:
     return summary
 
 
+def distill_stage(cfg: Config) -> dict:
+    """Sequence-mode KD needs its teacher caches before training; a finished cache is only checked, not redone."""
+    if not cfg.distill.enabled:
+        return {"status": "off (distill.enabled is false)"}
+    if cfg.distill.mode != "sequence":
+        return {"status": f"live ({cfg.distill.mode} mode: the teachers run during training)"}
+    from lokilm.distill.generate import generate_stage as fill_caches
+
+    return {"status": "done", **fill_caches(cfg, progress=cfg.train.progress)}
+
+
 def train_stage(cfg: Config) -> dict:
     from lokilm.train.trainer import train
 
@@ -132,8 +143,8 @@ def eval_stage(cfg: Config) -> dict:
     return run_eval(cfg)
 
 
-STAGES = {"curate": curate_stage, "tokenizer": tokenizer_stage, "tokenize": tokenize_stage, "train": train_stage,
-          "eval": eval_stage, "generate": generate_stage}
+STAGES = {"curate": curate_stage, "tokenizer": tokenizer_stage, "tokenize": tokenize_stage,
+          "distill": distill_stage, "train": train_stage, "eval": eval_stage, "generate": generate_stage}
 
 
 def run_all(cfg: Config) -> dict:

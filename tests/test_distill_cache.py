@@ -266,3 +266,25 @@ def test_a_teacher_with_only_empty_outputs_or_no_name_is_an_error(make_cfg, tmp_
     cfg.distill.teachers[0].name = ""
     with pytest.raises(LokiError, match=r"distill.teachers\[0\] \(.*\) has no name"):
         generate_stage(cfg, progress=False)
+
+
+def test_loki_run_fills_the_cache_before_training_and_skips_it_when_done(make_cfg, tmp_path, teacher_run):
+    """The `distill` stage of `loki run`: sequence mode gets its caches first; a finished cache is not redone."""
+    from lokilm import stages
+
+    cfg = _distill_cfg(make_cfg, tmp_path / "run", teacher_run, "distill.enabled=true", "train.max_steps=4",
+                       "distill.cache_sequences=16")
+    assert list(stages.STAGES).index("distill") == list(stages.STAGES).index("train") - 1
+    first = stages.distill_stage(cfg)
+    assert first["status"] == "done" and first["teachers"]["tiny"]["resumed_with"] == 0
+    again = stages.distill_stage(cfg)
+    assert again["teachers"]["tiny"]["resumed_with"] == len(_open(cfg))  # nothing generated the second time
+    summary = stages.train_stage(cfg)
+    assert summary["status"] == "finished"
+    kd = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if r.get("kd")]
+    assert [r["step"] for r in kd] == [4] and kd[0]["kd_wins.ground_truth"] + kd[0]["kd_wins.tiny"] == 16
+
+    off = _distill_cfg(make_cfg, tmp_path / "off", teacher_run)
+    assert stages.distill_stage(off)["status"].startswith("off")
+    off.distill.enabled, off.distill.mode = True, "logit"
+    assert stages.distill_stage(off)["status"].startswith("live")
