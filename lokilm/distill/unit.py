@@ -17,6 +17,7 @@ from torch import Tensor
 
 from lokilm.distill.cache import CacheError, TeacherCache, cache_root, kd_windows, shards_fingerprint
 from lokilm.distill.losses import minimum_rule, soft_token_loss, target_means, token_ce
+from lokilm.distill.teachers import cache_names
 from lokilm.errors import LokiError
 
 GROUND_TRUTH = "ground_truth"
@@ -35,11 +36,7 @@ class DistillUnit:
     @staticmethod
     def build(trainer) -> DistillUnit:
         d = trainer.cfg.distill
-        if not d.teachers:
-            raise LokiError("distill.enabled is true but distill.teachers is empty: name at least one teacher")
-        names = [t.name for t in d.teachers]
-        if len(set(names)) != len(names) or GROUND_TRUTH in names or not all(names):
-            raise LokiError(f"distill.teachers need distinct, non-empty names other than {GROUND_TRUTH!r}; got {names}")
+        cache_names(d.teachers, reserved=(GROUND_TRUTH,))
         return SequenceKD(trainer) if d.mode == "sequence" else LogitKD(trainer)
 
     def is_kd_step(self, step: int) -> bool:
