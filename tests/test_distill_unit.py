@@ -77,6 +77,27 @@ def test_every_fourth_step_is_a_kd_batch_and_resume_keeps_the_schedule(make_cfg,
     assert events(tmp_path / "split")[-1]["event"] == "resume"
 
 
+def test_kd_batches_in_two_processes_match_one_with_the_win_counts_of_the_whole_batch(make_cfg, tmp_path, one_thread):
+    """FSDP2 over two CPU processes (gloo): each rank takes half of every KD batch, and the logged win counts
+    and per-target losses are those of the whole batch, as in one process."""
+    from test_parallel import torchrun
+
+    cache = tmp_path / "cache"
+    common = ["train.micro_batch_size=4", "train.max_steps=8", "train.checkpoint_every=8", "train.eval_every=0"]
+    write_caches(kd_cfg(make_cfg, tmp_path / "one", cache, *common))
+    train(kd_cfg(make_cfg, tmp_path / "one", cache, *common))
+    torchrun(kd_cfg(make_cfg, tmp_path / "two", cache, *common))
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    assert sorted(two) == list(range(1, 9))
+    assert [two[s]["loss"] for s in range(1, 9)] == pytest.approx([one[s]["loss"] for s in range(1, 9)], rel=1e-5)
+    for s in (4, 8):
+        targets = ("ground_truth", "echo", "noise")
+        assert sum(two[s][f"kd_wins.{t}"] for t in targets) == 16
+        assert [two[s][f"kd_wins.{t}"] for t in targets] == [one[s][f"kd_wins.{t}"] for t in targets]
+        assert [two[s][f"kd_loss.{t}"] for t in targets] == pytest.approx([one[s][f"kd_loss.{t}"] for t in targets],
+                                                                           rel=1e-5)
+
+
 def test_a_small_cache_wraps_around_and_says_so_once(make_cfg, tmp_path, one_thread):
     cfg = kd_cfg(make_cfg, tmp_path / "wrap", tmp_path / "cache", "train.max_steps=12", "distill.every=2")
     write_caches(cfg, n_windows=20)

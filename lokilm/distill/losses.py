@@ -81,9 +81,3 @@ def minimum_rule(losses: Tensor, mask: Tensor, reduction: str = "sequence") -> t
         winner = per_batch.argmin()
         return per_batch[winner], F.one_hot(winner, K)
     raise ValueError(f"unknown reduction {reduction!r} (sequence, token, batch)")
-
-
-def target_means(losses: Tensor, mask: Tensor) -> Tensor:
-    """Each target's mean loss per token over the positions it covers (K,), for logging; nan if it covers none."""
-    mask = mask.to(losses.dtype)
-    return ((losses * mask).sum((1, 2)) / mask.sum((1, 2))).detach()

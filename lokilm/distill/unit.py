@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from lokilm.distill.cache import CacheError, TeacherCache, cache_root, kd_windows, shards_fingerprint
-from lokilm.distill.losses import minimum_rule, soft_token_loss, target_means, token_ce
+from lokilm.distill.losses import minimum_rule, soft_token_loss, token_ce
 from lokilm.distill.teachers import cache_names
 from lokilm.errors import LokiError
 
@@ -30,8 +30,7 @@ class DistillUnit:
         self.trainer, self.windows = trainer, windows
         self.settings = trainer.cfg.distill
         self.targets = [GROUND_TRUTH, *teachers]
-        self._wins = torch.zeros(len(self.targets), dtype=torch.long)
-        self._means: list[Tensor] = []
+        self.start_step()
 
     @staticmethod
     def build(trainer) -> DistillUnit:
@@ -48,28 +47,35 @@ class DistillUnit:
         trainer = self.trainer
         size, n = trainer.cfg.train.micro_batch_size, len(self.windows)
         first = trainer.state.kd_samples + i * size
-        if i == 0:
-            self._wins.zero_()
-            self._means = []
         if first <= n < first + size:  # the first time an index reaches n: logged once per run
             trainer.log.event("kd_windows_wrapped", trainer.state.step + 1, windows=n,
                               note="every KD window has been used; starting over (generate a larger cache "
                                    "with distill.cache_sequences to avoid repeats)")
         return self._batch(self.windows[np.arange(first, first + size) % n])
 
+    def start_step(self) -> None:
+        """A KD step begins: its win counts and per-target losses start from zero (on every rank)."""
+        k = len(self.targets)
+        self._wins, self._loss_sums, self._tokens = (torch.zeros(k, dtype=torch.float64) for _ in range(3))
+
     def _minimum(self, losses: Tensor, mask: Tensor) -> Tensor:
         loss, wins = minimum_rule(losses, mask, self.settings.reduction)
-        self._wins += wins.cpu()
-        self._means.append(target_means(losses, mask).cpu())
+        m = mask.to(losses.dtype)
+        self._wins += wins.detach().cpu().double()
+        self._loss_sums += (losses.detach() * m).sum((1, 2)).cpu().double()
+        self._tokens += m.sum((1, 2)).cpu().double()
         return loss
 
     def record(self) -> dict:
-        """This KD step's figures for metrics.jsonl: how often each target won, and its mean loss per token."""
-        means = torch.stack(self._means).nanmean(0)
+        """This KD step's figures for metrics.jsonl: how often each target won, and its mean loss per token,
+        summed over every rank's micro-batches (each rank sees only its share of the batch)."""
+        k = len(self.targets)
+        wins, sums, tokens = self.trainer.dist.all_sum(
+            torch.cat([self._wins, self._loss_sums, self._tokens])).cpu().split(k)
         out: dict = {"kd": True}
-        for name, wins, mean in zip(self.targets, self._wins.tolist(), means.tolist()):
-            out[f"kd_wins.{name}"] = wins
-            out[f"kd_loss.{name}"] = mean
+        for name, w, total, n in zip(self.targets, wins.tolist(), sums.tolist(), tokens.tolist()):
+            out[f"kd_wins.{name}"] = round(w)
+            out[f"kd_loss.{name}"] = total / n if n else float("nan")
         return out
 
     def _batch(self, windows: np.ndarray) -> tuple[Tensor, Tensor]:

@@ -50,6 +50,14 @@ class Distributed:
             dist.all_reduce(value)
         return float(value)
 
+    def all_sum(self, value: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum of `value` over all ranks, on every rank (on the training device: NCCL needs it)."""
+        value = value.to(self.device)
+        if self.fsdp:
+            value = value.clone()
+            dist.all_reduce(value)
+        return value
+
     def from_main(self, fn: Callable[[], T]) -> T:
         """fn() computed on rank 0 only and handed to every rank (e.g. which checkpoint is the newest valid one)."""
         if not self.fsdp:

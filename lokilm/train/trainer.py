@@ -158,6 +158,8 @@ class Trainer:
         mine = self.dist.share(n_micro)  # this rank's micro-batches of the global batch
         total = torch.zeros((), device=self.device)
         kd = self.distill is not None and self.distill.is_kd_step(self.state.step)
+        if kd:
+            self.distill.start_step()
         for i in mine:
             x, y = self.distill.micro_batch(i) if kd else self.micro_batch(self.state.samples + i * t.micro_batch_size)
             with self.autocast():
