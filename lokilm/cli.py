@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         "quality classifier)", description=STAGE_HELP))
     _config_args(sub.add_parser("tokenize", help="tokenize the config's data into train/val shards", description=STAGE_HELP))
     _config_args(sub.add_parser("train", help="train (or resume training) a model", description=STAGE_HELP))
-    _config_args(sub.add_parser("run", help="every stage in order: curate (when curate.enabled), tokenizer, tokenize, train, eval, generate", description=STAGE_HELP))
+    _config_args(sub.add_parser("run", help="every stage in order: curate (when curate.enabled), tokenizer, tokenize, "
+                                "distill (the teacher caches, when distill.enabled), train, eval, generate",
+                                description=STAGE_HELP))
 
     dis = sub.add_parser("distill", help="multi-teacher knowledge distillation (distill.teachers)")
     dis_sub = dis.add_subparsers(dest="distill_command", required=True)
@@ -57,11 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int)
 
     ev = sub.add_parser("eval", help="benchmarks (lm-evaluation-harness), bits per byte, WinoBias and the paper's "
-                        "prompts for a run's latest checkpoint; writes RUN_DIR/eval/PRESET/")
+                        "prompts for a run's latest checkpoint; writes RUN_DIR/eval/PRESET/ "
+                        "(with --limit N: RUN_DIR/eval/PRESET-limitN/)")
     ev.add_argument("run_dir")
     ev.add_argument("--preset", help="quick (default), openllm or lokilm-paper")
     ev.add_argument("--tasks", help="comma-separated subset of the preset's tasks")
-    ev.add_argument("--limit", type=int, help="score only the first N items of each task and of each WinoBias file (a smoke test)")
+    ev.add_argument("--limit", type=int, help="score only the first N items of each task and of each WinoBias file "
+                    "(a smoke test, written to RUN_DIR/eval/PRESET-limitN/ beside the full results)")
     ev.add_argument("--batch-size", type=int)
     ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="eval settings, e.g. eval.winobias=false")
@@ -79,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("run_b")
     cmp.add_argument("--preset", default="quick", help="the evaluation both runs have (default quick)")
     cmp.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates")
+    cmp.add_argument("--limit", type=int, help="compare the runs' `loki eval --limit N` smoke tests instead of their "
+                     "full evaluations")
     return parser
 
 

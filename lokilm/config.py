@@ -185,6 +185,22 @@ class Config:
                f"{v} must be above 256 (the byte alphabet) and at most model.vocab_size={m.vocab_size}")
         _check(self.tokenizer.adapt_new_merges >= 0, "tokenizer.adapt_new_merges", "must be >= 0")
         _check(0.0 < self.tokenizer.adapt_round_fraction <= 1.0, "tokenizer.adapt_round_fraction", "must be in (0, 1]")
+        _validate_distill(self.distill)
+
+
+def _validate_distill(d: DistillConfig) -> None:
+    """Checked whether or not distillation is on, so a bad value fails here rather than deep in a later command
+    (every=0 divides by zero; logit_top_k=0 zeroes the teacher's loss, so it wins every minimum)."""
+    for key, value in [("distill.every", d.every), ("distill.gen_batch_size", d.gen_batch_size)]:
+        _check(value > 0, key, f"must be positive, got {value}")
+    for key, value in [("distill.logit_top_k", d.logit_top_k), ("distill.cache_sequences", d.cache_sequences),
+                       ("distill.top_k", d.top_k)]:
+        _check(value is None or value > 0, key, f"must be positive or null (null: no limit), got {value}")
+    _check(0.0 < d.prefix_fraction < 1.0, "distill.prefix_fraction",
+           f"must be in (0, 1) so the teacher has a prompt and a tail to continue, got {d.prefix_fraction}")
+    _check(d.max_regenerations >= 0, "distill.max_regenerations", f"must be >= 0, got {d.max_regenerations}")
+    _check(d.temperature >= 0, "distill.temperature", f"must be >= 0 (0 is greedy), got {d.temperature}")
+    _check(d.top_p is None or 0.0 < d.top_p <= 1.0, "distill.top_p", f"must be in (0, 1] (or unset), got {d.top_p}")
 
 
 def _check(ok: bool, key: str, problem: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from lokilm.config import Config, to_dict
-from lokilm.fileio import write_json
+from lokilm.fileio import atomic_write, write_json
 
 
 class RunDir:
@@ -39,6 +39,6 @@ class RunDir:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def save_config(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+        # atomic: generate, eval and consolidate read it, possibly while another command rewrites it
+        atomic_write(self.root / "config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False).encode())
 

@@ -44,6 +44,17 @@ def test_train_without_shards_says_what_to_run(capsys, tmp_path):
     assert code == 2 and "run `loki tokenize` first" in err
 
 
+def test_run_help_names_every_stage_it_runs(capsys):
+    from lokilm.stages import STAGES
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    text = out[out.index("run every stage in order:"):out.index("distill multi-teacher")]
+    words = text.replace(",", " ").split()
+    assert [w for w in words if w in STAGES] == list(STAGES)  # each stage, in the order `loki run` runs them
+
+
 def test_quickstart_runs_end_to_end_and_learns(capsys, tmp_path):
     run = tmp_path / "qs"
     args = ["run", "configs/quickstart.yaml", f"run_dir={run}", "train.max_steps=60", "train.eval_every=30",

@@ -60,3 +60,47 @@ def test_bad_files(tmp_path):
     bad.write_text("model: 3\n")
     with pytest.raises(ConfigError, match="model: expected a section"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("distill.every=0", "distill.every: must be positive, got 0"),
+    ("distill.gen_batch_size=0", "distill.gen_batch_size: must be positive, got 0"),
+    ("distill.logit_top_k=0", "distill.logit_top_k: must be positive or null"),
+    ("distill.cache_sequences=0", "distill.cache_sequences: must be positive or null"),
+    ("distill.top_k=0", "distill.top_k: must be positive or null"),
+    ("distill.prefix_fraction=1.0", "distill.prefix_fraction: must be in (0, 1)"),
+    ("distill.prefix_fraction=0", "distill.prefix_fraction: must be in (0, 1)"),
+    ("distill.max_regenerations=-1", "distill.max_regenerations: must be >= 0"),
+    ("distill.temperature=-0.5", "distill.temperature: must be >= 0"),
+    ("distill.top_p=0", "distill.top_p: must be in (0, 1]"),
+    ("distill.top_p=1.5", "distill.top_p: must be in (0, 1]"),
+])
+def test_bad_distill_settings_name_the_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config("configs/tiny.yaml", [override])
+    assert message in str(e.value)
+
+
+def test_distill_limits_may_be_unset_or_greedy():
+    cfg = load_config("configs/tiny.yaml", ["distill.top_k=null", "distill.top_p=null", "distill.logit_top_k=null",
+                                            "distill.temperature=0", "distill.top_p=1", "distill.max_regenerations=0"])
+    assert cfg.distill.top_k is None and cfg.distill.temperature == 0 and cfg.distill.top_p == 1.0
+
+
+def test_saving_the_run_config_is_atomic(tmp_path, monkeypatch):
+    # generate/eval/consolidate read config.yaml while a later command may rewrite it: never half a file
+    from lokilm import fileio
+    from lokilm.rundir import RunDir
+
+    cfg = load_config("configs/tiny.yaml", [f"run_dir={tmp_path}"])
+    RunDir(cfg).save_config()
+    before = (tmp_path / "config.yaml").read_text()
+
+    def crash(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "replace", crash)
+    cfg.train.max_steps += 1
+    with pytest.raises(OSError):
+        RunDir(cfg).save_config()
+    assert (tmp_path / "config.yaml").read_text() == before

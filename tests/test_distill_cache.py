@@ -196,6 +196,18 @@ def test_generate_resumes_where_it_stopped(make_cfg, tmp_path, teacher_run, prep
     assert decode(tok, a.continuation(a.windows[0]).tolist())  # real text
 
 
+def test_a_rerun_with_nothing_to_do_keeps_the_last_run_statistics(make_cfg, tmp_path, teacher_run):
+    teacher = load_teacher(TeacherSettings(name="tiny", kind="lokilm", path=str(teacher_run)))
+    cfg = _distill_cfg(make_cfg, tmp_path, teacher_run, "distill.cache_sequences=2")
+    generate_stage(cfg, progress=False, teachers={"tiny": teacher})
+    meta = cache_root(cfg) / "tiny" / "meta.json"
+    first = json.loads(meta.read_text())["last_run"]
+    assert first["student_tokens"] > 0 and first["generate_s"] > 0
+    again = Recording(teacher)
+    assert generate_stage(cfg, progress=False, teachers={"tiny": again})["teachers"]["tiny"]["student_tokens"] == 0
+    assert again.calls == 0 and json.loads(meta.read_text())["last_run"] == first
+
+
 def _n_windows(cfg):
     from lokilm.rundir import RunDir
     from lokilm.shards import TokenWindows

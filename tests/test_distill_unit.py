@@ -107,6 +107,29 @@ def test_a_small_cache_wraps_around_and_says_so_once(make_cfg, tmp_path, one_thr
     assert [s for s, r in records(tmp_path / "wrap").items() if r.get("kd")] == [2, 4, 6, 8, 10, 12]
 
 
+class Events:
+    def __init__(self):
+        self.logged = []
+
+    def event(self, name, step, **fields):
+        self.logged.append((name, step))
+
+
+def test_the_wrap_is_logged_by_rank_0_when_it_falls_in_another_ranks_micro_batches(make_cfg, tmp_path, one_thread):
+    """Rank 0 of two, as under torchrun: the KD batch of step 4 holds samples 16..31 and the wrap (index 28)
+    falls in rank 1's micro-batches 2 and 3; rank 0, the one that logs, still says so, once."""
+    cfg = kd_cfg(make_cfg, tmp_path / "r", tmp_path / "cache", "train.micro_batch_size=4", "distill.every=2")
+    write_caches(cfg, n_windows=28)
+    trainer = Trainer(cfg)
+    trainer.log, unit = Events(), trainer.distill
+    for step, kd_samples in ((1, 0), (3, 16), (5, 32)):  # KD steps 2, 4, 6
+        trainer.state.step, trainer.state.kd_samples = step, kd_samples
+        unit.start_step()
+        for i in (0, 1):  # rank 0's share of the four micro-batches
+            unit.micro_batch(i)
+    assert trainer.log.logged == [("kd_windows_wrapped", 4)]
+
+
 def test_a_cache_for_other_shards_or_tokenizer_is_refused_naming_the_teacher(make_cfg, tmp_path, one_thread):
     cfg = kd_cfg(make_cfg, tmp_path / "bad", tmp_path / "cache", "train.max_steps=4")
     with pytest.raises(CacheError, match="teacher 'echo': no teacher cache .*`loki distill generate`"):
@@ -141,6 +164,28 @@ def test_logit_mode_with_a_lokilm_teacher(make_cfg, tmp_path, lokilm_teacher, lo
     r = records(run)
     assert [s for s, x in r.items() if x.get("kd")] == [4, 8]
     assert r[8]["kd_wins.ground_truth"] + r[8]["kd_wins.big"] == 16 * 64  # token reduction: every position counted
+
+
+def test_logit_mode_takes_a_teacher_checkpoint_as_well_as_a_run_directory(make_cfg, tmp_path, lokilm_teacher,
+                                                                          one_thread):
+    """kind=lokilm is a run directory (its newest checkpoint) or one of its checkpoints, as in sequence mode."""
+    import torch
+
+    from lokilm.generate import load_model
+    from lokilm.train.checkpoint import Checkpoint, list_checkpoints
+
+    def teacher(path):
+        return Trainer(make_cfg(tmp_path / "c", "distill.enabled=true", "distill.mode=logit",
+                                f"distill.teachers=[{{name: big, kind: lokilm, path: {path}}}]")).distill.teachers[0]
+
+    checkpoints = list_checkpoints(lokilm_teacher / "checkpoints")
+    assert len(checkpoints) >= 2
+    for path, ckpt in ((lokilm_teacher, checkpoints[-1]), (checkpoints[0], checkpoints[0])):
+        state = json.loads((ckpt / "state.json").read_text())
+        expected, _ = load_model(lokilm_teacher, ckpt=Checkpoint(path=ckpt, step=state["step"], state=state))
+        torch.testing.assert_close(teacher(path).state_dict(), expected.state_dict())
+    with pytest.raises(LokiError, match="teacher 'big': .* is neither a lokilm run directory nor one of its checkpoints"):
+        teacher(tmp_path)
 
 
 def test_logit_mode_refuses_another_vocabulary_at_start_up(make_cfg, tmp_path, lokilm_teacher, one_thread):

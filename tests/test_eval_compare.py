@@ -88,15 +88,19 @@ def test_loki_eval_and_compare_end_to_end(make_cfg, tmp_path, capsys):
     run = str(tmp_path / "run")
     assert main(["eval", run, "eval.bootstrap_iters=100", "eval.max_new_tokens=4", "eval.bpb_windows=2",
                  "--tasks", "arc_challenge,gsm8k", "--limit", "3", "--preset", "openllm"]) == 0
-    out = json.loads((tmp_path / "run/eval/openllm/eval.json").read_text())
+    # a --limit run is a smoke test: its own folder, never the full results that compare reads by default
+    assert not (tmp_path / "run/eval/openllm").exists()
+    out = json.loads((tmp_path / "run/eval/openllm-limit3/eval.json").read_text())
     assert out["tasks"]["arc_challenge"]["num_fewshot"] == 25 and out["tasks"]["arc_challenge"]["n"] == 3
     assert out["bpb"]["value"] > 0
     assert out["winobias"]["pairs"] == 6 and len(out["winobias"]["template"]) == 4  # 3 lines x 2 types
     assert out["qualitative"]["samples"][0]["name"] == "french_revolution"
-    md = (tmp_path / "run/eval/openllm/eval.md").read_text()
+    md = (tmp_path / "run/eval/openllm-limit3/eval.md").read_text()
     assert "| ARC-C (acc_norm) |" in md and "43.9" in md
     capsys.readouterr()
-    assert main(["compare", run, run, "--preset", "openllm", "--bootstrap", "100"]) == 0
+    assert main(["compare", run, run, "--preset", "openllm", "--bootstrap", "100"]) == 2
+    assert "no 'openllm' evaluation" in capsys.readouterr().err
+    assert main(["compare", run, run, "--preset", "openllm", "--limit", "3", "--bootstrap", "100"]) == 0
     table = capsys.readouterr().out
     assert "| arc_challenge | acc_norm,none | 3 |" in table and "+0.0" in table
     assert main(["eval", run, "--preset", "nope"]) == 2

@@ -201,6 +201,7 @@ PRESET_PARAMS = {
     "quickstart": 1_377_408,  # the tiny model
     "curate-full": 1_377_408,  # a curation config over tiny
     "distill-experiment": 725_664,  # the KD experiment's student
+    "distill-seq-experiment": 3_443_136,  # the sequence-mode KD experiment's student
     "stlm-10m": 10_490_112,
     "stlm-50m": 59_821_056,
     "stlm-100m": 109_529_856,

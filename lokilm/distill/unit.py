@@ -10,6 +10,7 @@ order does not advance on KD steps. Both students of an experiment therefore see
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,8 +18,11 @@ from torch import Tensor
 
 from lokilm.distill.cache import CacheError, TeacherCache, cache_root, kd_windows, shards_fingerprint
 from lokilm.distill.losses import minimum_rule, soft_token_loss, token_ce
-from lokilm.distill.teachers import cache_names
+from lokilm.distill.teachers import cache_names, lokilm_checkpoint
 from lokilm.errors import LokiError
+
+if TYPE_CHECKING:
+    from lokilm.train.checkpoint import Checkpoint
 
 GROUND_TRUTH = "ground_truth"
 
@@ -30,7 +34,7 @@ class DistillUnit:
         self.trainer, self.windows = trainer, windows
         self.settings = trainer.cfg.distill
         self.targets = [GROUND_TRUTH, *teachers]
-        self.start_step()
+        self._reset()
 
     @staticmethod
     def build(trainer) -> DistillUnit:
@@ -45,16 +49,24 @@ class DistillUnit:
     def micro_batch(self, i: int) -> tuple[Tensor, Tensor]:
         """The i-th micro-batch of the current KD step: the next KD windows after the cursor, wrapping around."""
         trainer = self.trainer
-        size, n = trainer.cfg.train.micro_batch_size, len(self.windows)
+        size = trainer.cfg.train.micro_batch_size
         first = trainer.state.kd_samples + i * size
-        if first <= n < first + size:  # the first time an index reaches n: logged once per run
+        return self._batch(self.windows[np.arange(first, first + size) % len(self.windows)])
+
+    def start_step(self) -> None:
+        """A KD step begins (on every rank): its win counts and per-target losses start from zero. The wrap is
+        decided here from the whole batch, not per micro-batch: under torchrun it may fall in another rank's
+        share, and only rank 0 logs."""
+        self._reset()
+        trainer = self.trainer
+        first, n = trainer.state.kd_samples, len(self.windows)
+        # the step whose KD samples [first, first + batch) reach index n (window 0 again): once per run
+        if first <= n < first + trainer.batches.batch_size(trainer.state.tokens):
             trainer.log.event("kd_windows_wrapped", trainer.state.step + 1, windows=n,
                               note="every KD window has been used; starting over (generate a larger cache "
                                    "with distill.cache_sequences to avoid repeats)")
-        return self._batch(self.windows[np.arange(first, first + size) % n])
 
-    def start_step(self) -> None:
-        """A KD step begins: its win counts and per-target losses start from zero (on every rank)."""
+    def _reset(self) -> None:
         k = len(self.targets)
         self._wins, self._loss_sums, self._tokens = (torch.zeros(k, dtype=torch.float64) for _ in range(3))
 
@@ -138,7 +150,6 @@ class LogitKD(DistillUnit):
         from lokilm.fileio import sha256_file
         from lokilm.generate import load_model, run_config
         from lokilm.rundir import RunDir
-        from lokilm.train.checkpoint import latest_checkpoint
 
         cfg, d = trainer.cfg, trainer.cfg.distill
         self.teachers = []
@@ -146,12 +157,10 @@ class LogitKD(DistillUnit):
             if t.kind != "lokilm":
                 raise LokiError(f"teacher {t.name!r} is kind {t.kind}; distill.mode=logit needs lokilm teachers that "
                                 "share the student's tokenizer (use distill.mode=sequence for other teachers)")
-            ckpt = latest_checkpoint(Path(t.path) / "checkpoints")
-            if ckpt is None:
-                raise LokiError(f"teacher {t.name!r}: {t.path} is not a lokilm run directory with a valid checkpoint")
+            run_dir, ckpt = _teacher_checkpoint(trainer, t)
             model_cfg = ckpt.state["config"]["model"]
             # checkpoints from before the trainer recorded it: the teacher run's tokenizer file
-            tok_sha = ckpt.state.get("tokenizer_sha256") or sha256_file(RunDir(run_config(t.path)).tokenizer)
+            tok_sha = ckpt.state.get("tokenizer_sha256") or sha256_file(RunDir(run_config(run_dir)).tokenizer)
             if tok_sha != trainer.tokenizer_sha256 or model_cfg["vocab_size"] != cfg.model.vocab_size:
                 raise LokiError(f"teacher {t.name!r} ({t.path}) has another vocabulary than the student (tokenizer "
                                 f"sha256 {tok_sha[:12]} vs {trainer.tokenizer_sha256[:12]}, "
@@ -160,7 +169,7 @@ class LogitKD(DistillUnit):
             if model_cfg["context_length"] < cfg.model.context_length:
                 raise LokiError(f"teacher {t.name!r} has context_length {model_cfg['context_length']}, shorter than "
                                 f"the student's {cfg.model.context_length}")
-            model, _ = load_model(t.path, trainer.device, ckpt)
+            model, _ = load_model(run_dir, trainer.device, ckpt)
             self.teachers.append(model.requires_grad_(False))
         n = len(trainer.train_windows)
         super().__init__(trainer, kd_windows(n, n, d.seed), [t.name for t in d.teachers])
@@ -179,3 +188,19 @@ class LogitKD(DistillUnit):
                 soft_targets = teacher(x)
             losses.append(soft_token_loss(logits, soft_targets, d.logit_loss, d.logit_top_k) * mask)
         return self._minimum(torch.stack(losses), mask.expand(len(losses), *mask.shape))
+
+
+def _teacher_checkpoint(trainer, t) -> tuple[Path, Checkpoint]:
+    """A logit teacher's run directory and checkpoint, chosen once: rank 0 resolves the path (verifying the
+    checksums) and tells the others, so every rank loads the same checkpoint even while the teacher's run
+    is still writing new ones. A bad path is the same error on every rank rather than a hang in the broadcast."""
+    def resolve():
+        try:
+            return lokilm_checkpoint(t, t.name)
+        except LokiError as e:
+            return e
+
+    found = trainer.dist.from_main(resolve)
+    if isinstance(found, LokiError):
+        raise found
+    return found

@@ -30,7 +30,8 @@ def eval_command(args: argparse.Namespace) -> int:
 def compare_command(args: argparse.Namespace) -> int:
     from lokilm.eval.compare import compare_runs, table
 
-    result = compare_runs(args.run_a, args.run_b, args.preset, iters=args.bootstrap)
-    print(f"B = {args.run_b} minus A = {args.run_a}, preset {args.preset}, paired on the items both scored\n")
+    result = compare_runs(args.run_a, args.run_b, args.preset, iters=args.bootstrap, limit=args.limit)
+    limited = "" if args.limit is None else f" --limit {args.limit}"
+    print(f"B = {args.run_b} minus A = {args.run_a}, preset {args.preset}{limited}, paired on the items both scored\n")
     print(table(result, "A", "B"))
     return 0

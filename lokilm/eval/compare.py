@@ -52,8 +52,10 @@ def compare_items(items_a: list[dict], items_b: list[dict], iters: int = 1000, s
     return {"rows": rows, "average": average, "benchmarks_in_average": len(headline_pairs)}
 
 
-def compare_runs(run_a: str, run_b: str, preset: str = "quick", iters: int = 1000, seed: int = 0) -> dict:
-    return compare_items(load_items(run_a, preset), load_items(run_b, preset), iters, seed)
+def compare_runs(run_a: str, run_b: str, preset: str = "quick", iters: int = 1000, seed: int = 0,
+                 limit: int | None = None) -> dict:
+    """The two runs' full evaluations of `preset` compared (their `--limit N` ones only when `limit` is given)."""
+    return compare_items(load_items(run_a, preset, limit), load_items(run_b, preset, limit), iters, seed)
 
 
 def table(result: dict, name_a: str = "A", name_b: str = "B") -> str:

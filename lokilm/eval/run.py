@@ -14,9 +14,10 @@ from lokilm.fileio import write_json
 from lokilm.rundir import RunDir
 
 
-def eval_dir(run_dir: str | Path, preset: str) -> Path:
-    """Where one preset's results live: each preset keeps its own, so a quick eval never overwrites a full one."""
-    return Path(run_dir) / "eval" / preset
+def eval_dir(run_dir: str | Path, preset: str, limit: int | None = None) -> Path:
+    """Where one preset's results live: each preset keeps its own, so a quick eval never overwrites a full one,
+    and a `--limit N` smoke test writes PRESET-limitN/, never the full results that `loki compare` reads."""
+    return Path(run_dir) / "eval" / (preset if limit is None else f"{preset}-limit{limit}")
 
 
 class _Progress:
@@ -43,9 +44,9 @@ def evaluate_run(run_dir: str | Path, settings: EvalConfig, limit: int | None = 
     from lokilm.eval.harness import LokiLM
     from lokilm.eval.presets import preset_tasks
     from lokilm.generate import load_model
+    from lokilm.parallel.dist import resolve_device
     from lokilm.tokenizer import load_tokenizer
     from lokilm.train.checkpoint import latest_checkpoint
-    from lokilm.parallel.dist import resolve_device
 
     preset_tasks(settings.preset, settings.tasks)  # an unknown preset or task fails before the model loads
     start = time.time()
@@ -77,7 +78,7 @@ def evaluate_run(run_dir: str | Path, settings: EvalConfig, limit: int | None = 
         out["qualitative"] = qualitative_suite(model, tok, settings.max_new_tokens, settings.temperature)
     out["seconds"] = round(time.time() - start, 1)
 
-    folder = eval_dir(run_dir, settings.preset)
+    folder = eval_dir(run_dir, settings.preset, limit)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "items.jsonl", "w") as f:
         f.writelines(json.dumps(it) + "\n" for it in items)
@@ -103,10 +104,13 @@ def held_out_bpb(model, cfg, n_windows: int, batch_size: int, device: torch.devi
     return {"value": value, "windows": min(n_windows, len(windows)), "tokens_per_window": cfg.model.context_length}
 
 
-def load_items(run_dir: str | Path, preset: str) -> list[dict]:
-    path = eval_dir(run_dir, preset) / "items.jsonl"
+def load_items(run_dir: str | Path, preset: str, limit: int | None = None) -> list[dict]:
+    """The per-item results of a full evaluation, or of a `--limit N` one when `limit` is given."""
+    path = eval_dir(run_dir, preset, limit) / "items.jsonl"
     if not path.is_file():
-        raise LokiError(f"{run_dir} has no {preset!r} evaluation ({path} missing): run `loki eval {run_dir} --preset {preset}`")
+        flag = "" if limit is None else f" --limit {limit}"
+        raise LokiError(f"{run_dir} has no {preset!r}{flag} evaluation ({path} missing): run "
+                        f"`loki eval {run_dir} --preset {preset}{flag}`")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 

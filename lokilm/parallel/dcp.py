@@ -70,7 +70,11 @@ def save(folder: str | Path, step: int, model: torch.nn.Module, optimizer: torch
         problem = None
     except (OSError, dcp.CheckpointException) as e:
         problem = f"could not write checkpoint {folder / f'step_{step:08d}'} ({e}); the previous checkpoints are intact"
-    dist.barrier()
+    # Every rank's outcome, not only rank 0's: a rank that could not write its files leaves the checkpoint
+    # incomplete, so nobody seals it
+    failed = [(rank, p) for rank, p in enumerate(dist.gather(problem)) if p is not None]
+    if failed and dist.world_size > 1:
+        problem = "; ".join(f"rank {rank}: {p}" for rank, p in failed)
 
     def seal() -> str | None:
         if problem is not None:

@@ -66,6 +66,14 @@ class Distributed:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def gather(self, value: T) -> list[T]:
+        """Every rank's `value` (any picklable object), in rank order, on every rank."""
+        if not self.fsdp:
+            return [value]
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
     def barrier(self) -> None:
         if self.fsdp:
             dist.barrier()

@@ -7,6 +7,9 @@ import time
 import warnings
 from pathlib import Path
 
+from lokilm.errors import LokiError
+from lokilm.fileio import atomic_write
+
 
 def peak_flops(device) -> float | None:
     """Dense bf16 peak of the GPU, for MFU; None where we do not know it (CPUs, unlisted GPUs)."""
@@ -23,7 +26,8 @@ class MetricsLog:
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, tensorboard: bool, progress: bool):
         self.path = run_dir / "metrics.jsonl"
         self.events_path = run_dir / "events.jsonl"
-        _truncate_after(self.path, start_step)  # a resumed run rewrites the steps after its checkpoint
+        # a resumed run rewrites the steps after its checkpoint
+        dropped = _truncate_after(self.path, start_step)
         self.writer = None
         if tensorboard:
             try:
@@ -37,6 +41,8 @@ class MetricsLog:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+        if dropped:
+            self.event("metrics_partial_line_dropped", start_step, file=str(self.path))
 
     def log(self, record: dict) -> None:
         with open(self.path, "a") as f:
@@ -58,7 +64,8 @@ class MetricsLog:
 
     def rewind(self, step: int) -> None:
         """Forget the steps after `step` (a rollback will redo them)."""
-        _truncate_after(self.path, step)
+        if _truncate_after(self.path, step):
+            self.event("metrics_partial_line_dropped", step, file=str(self.path))
 
     def event(self, kind: str, step: int, **info) -> None:
         record = {"event": kind, "step": step, "time": time.time(), **info}
@@ -93,13 +100,33 @@ class NullLog:
         pass
 
 
-def _truncate_after(path: Path, step: int) -> None:
+def _records(path: Path) -> tuple[list[tuple[str, dict]], bool]:
+    """(line, record) for every line of a metrics file, and True if an unparseable last line (a write cut off
+    by a kill or a full disk) was skipped. An unparseable line before the last is damage we cannot explain."""
     if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+        return [], False
+    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    out = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            out.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise LokiError(f"{path} line {n} is not valid JSON: repair or delete that line, then resume") from None
+            return out, True
+    return out, False
+
+
+def _truncate_after(path: Path, step: int) -> bool:
+    """Keep the records up to `step`; True if a cut-off last line was dropped."""
+    if not path.exists():
+        return False
+    records, dropped = _records(path)
+    kept = "".join(line + "\n" for line, record in records if record.get("step", 0) <= step)
+    atomic_write(path, kept.encode())  # a crash here leaves the old file whole
+    return dropped
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    """Every record of a run's metrics.jsonl (a cut-off last line, from a killed run, is skipped)."""
+    return [record for _, record in _records(Path(run_dir) / "metrics.jsonl")[0]]

@@ -17,7 +17,7 @@ from lokilm.eval.bpb import bits_per_byte
 from lokilm.fileio import sha256_file
 from lokilm.model import Transformer
 from lokilm.parallel import dcp
-from lokilm.parallel.dist import env_rank, init_distributed
+from lokilm.parallel.dist import Distributed, env_rank, init_distributed
 from lokilm.parallel.fsdp import clip_grad_norm, parallelize
 from lokilm.parallel.precision import adamw_8bit, after_optimizer_step, uses_bf16
 from lokilm.rundir import RunDir
@@ -62,10 +62,10 @@ def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
 
 
 class Trainer:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, dist: Distributed | None = None):
         self.cfg, t = cfg, cfg.train
         self.run = RunDir(cfg)
-        self.dist = init_distributed(t.device, t.fsdp)
+        self.dist = dist or init_distributed(t.device, t.fsdp)
         self.device = self.dist.device
         # Under FSDP its mixed-precision policy casts the parameters; autocast would only add casts.
         self.autocast = contextlib.nullcontext if self.dist.fsdp else autocast_for(self.device, t.precision)
@@ -119,13 +119,14 @@ class Trainer:
             else:
                 self.log.event("resume", self.state.step, checkpoint=str(resumed.path))
             while self.state.step < t.max_steps:
+                # checked before the step, so rerunning a run halted at N stays at N instead of training N+1
+                if t.halt_at_step is not None and self.state.step >= t.halt_at_step:
+                    status = "halted"
+                    break
                 record = self.train_step()
                 if record is None:
                     continue  # rolled back
                 self.after_step(record)
-                if t.halt_at_step is not None and self.state.step >= t.halt_at_step and self.state.step < t.max_steps:
-                    status = "halted"
-                    break
         except KeyboardInterrupt:
             self.log.event("interrupted", self.state.step)
             self._save()
@@ -233,7 +234,7 @@ class Trainer:
         self._load(ckpt)
         self.state.rollbacks, self.state.spike_injected = count, injected
         self.state.data_seed = t.seed + 1000 * count
-        torch.manual_seed(t.seed + 7919 * count)  # new dropout masks too
+        torch.manual_seed(t.seed + self.dist.rank + 7919 * count)  # new dropout masks too, still distinct per rank
         self.optimizer.zero_grad(set_to_none=True)
         self.log.rewind(ckpt.step)
         self.log.event("rollback", failed_step, reason=reason, to_step=ckpt.step, rollbacks=count,
@@ -278,8 +279,10 @@ class Trainer:
 def train(cfg: Config) -> dict:
     if env_rank() == 0:
         RunDir(cfg).save_config()
-    trainer = Trainer(cfg)
+    # Started here, not in Trainer, so the process group is closed even when Trainer(cfg) itself fails
+    # (e.g. a missing teacher cache): a leaked group hangs or breaks the next one in this process.
+    dist = init_distributed(cfg.train.device, cfg.train.fsdp)
     try:
-        return trainer.fit()
+        return Trainer(cfg, dist).fit()
     finally:
-        trainer.dist.close()
+        dist.close()
