@@ -67,8 +67,10 @@ class _SplitWriter:
 
 
 def write_shards(docs: Iterable[tuple[str, str]], tokenizer, folder: str | Path, holdout_fraction: float,
-                 shard_tokens: int = 100_000_000, batch_docs: int = 256, progress: bool = True) -> dict:
-    """Tokenize (id, text) documents into train/val shards; returns (and writes) meta.json's content."""
+                 shard_tokens: int = 100_000_000, batch_docs: int = 256, progress: bool = True,
+                 tokenizer_sha256: str | None = None) -> dict:
+    """Tokenize (id, text) documents into train/val shards; returns (and writes) meta.json's content.
+    `tokenizer_sha256` (of the tokenizer file) is recorded so training can refuse another tokenizer."""
     from tqdm import tqdm
 
     from lokilm.tokenizer import eot_id
@@ -108,6 +110,7 @@ def write_shards(docs: Iterable[tuple[str, str]], tokenizer, folder: str | Path,
         "vocab_size": vocab,
         "eot_id": eot,
         "holdout_fraction": holdout_fraction,
+        **({"tokenizer_sha256": tokenizer_sha256} if tokenizer_sha256 else {}),
         "splits": {s: {"shards": w.shards, "documents": w.documents, "tokens": w.tokens, "bytes": w.bytes}
                    for s, w in writers.items()},
     }

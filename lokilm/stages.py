@@ -98,7 +98,8 @@ def tokenize_stage(cfg: Config) -> dict:
     start, stats = time.time(), ReadStats()
     docs = ((d.id, d.text) for d in iter_documents(*_documents_in(cfg), stats=stats))
     meta = write_shards(docs, load_tokenizer(run.tokenizer), run.shards, cfg.data.holdout_fraction,
-                        shard_tokens=cfg.data.shard_tokens, progress=cfg.train.progress)
+                        shard_tokens=cfg.data.shard_tokens, progress=cfg.train.progress,
+                        tokenizer_sha256=sha256_file(run.tokenizer))
     summary = {"status": "done", "inputs": wanted, "path": str(run.shards), "seconds": round(time.time() - start, 2),
                "splits": meta["splits"], "read": stats.to_dict()}
     run.write_summary("tokenize", summary)

@@ -1,4 +1,5 @@
 import json
+import shutil
 import warnings
 
 import pytest
@@ -194,13 +195,26 @@ def test_changed_model_shape_is_refused_on_resume(make_cfg, tmp_path):
         train(make_cfg(run, "train.max_steps=4", "model.d_ff=96"))
 
 
-def test_a_changed_tokenizer_is_refused_on_resume(make_cfg, tmp_path, small_tokenizer):
-    run = tmp_path / "tok"
-    train(make_cfg(run, "train.max_steps=2"))
+def test_shards_of_another_tokenizer_are_refused(make_cfg, tmp_path, small_tokenizer):
     other = tmp_path / "other_tokenizer.json"
     small_tokenizer.save(str(other))
-    with pytest.raises(LokiError, match="different tokenizer"):
-        train(make_cfg(run, "train.max_steps=4", f"tokenizer.path={other}"))
+    with pytest.raises(LokiError, match="shards in .* were made with a different tokenizer"):
+        train(make_cfg(tmp_path / "run", "train.max_steps=2", f"tokenizer.path={other}"))
+
+
+def test_a_changed_tokenizer_is_refused_on_resume(make_cfg, prepared, tmp_path, small_tokenizer):
+    # shards from before they recorded their tokenizer: the checkpoint's record is what catches the change
+    shards = tmp_path / "shards"
+    shutil.copytree(prepared / "shards", shards)
+    meta = json.loads((shards / "meta.json").read_text())
+    del meta["tokenizer_sha256"]
+    (shards / "meta.json").write_text(json.dumps(meta))
+    run = tmp_path / "tok"
+    train(make_cfg(run, "train.max_steps=2", f"data.shards={shards}"))
+    other = tmp_path / "other_tokenizer.json"
+    small_tokenizer.save(str(other))
+    with pytest.raises(LokiError, match="holds a checkpoint trained with a different tokenizer"):
+        train(make_cfg(run, "train.max_steps=4", f"tokenizer.path={other}", f"data.shards={shards}"))
 
 
 def test_batch_size_warmup_and_metrics(make_cfg, tmp_path):

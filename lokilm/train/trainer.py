@@ -71,6 +71,14 @@ class Trainer:
         self.autocast = contextlib.nullcontext if self.dist.fsdp else autocast_for(self.device, t.precision)
         self.sharded_checkpoints = dcp.writes_sharded(t.checkpoint_format, self.dist.fsdp)
         meta = read_meta(self.run.shards)
+        self.tokenizer_sha256 = sha256_file(self.run.tokenizer)
+        # Shards made with another tokenizer would train on ids that mean other text (checked when the shards
+        # record theirs; older shards do not)
+        if meta.get("tokenizer_sha256", self.tokenizer_sha256) != self.tokenizer_sha256:
+            raise LokiError(f"the shards in {self.run.shards} were made with a different tokenizer than "
+                            f"{self.run.tokenizer} (sha256 {meta['tokenizer_sha256'][:12]} vs "
+                            f"{self.tokenizer_sha256[:12]}): re-run `loki tokenize` or point tokenizer.path at "
+                            "the shards' tokenizer")
         if meta["vocab_size"] > cfg.model.vocab_size:
             raise LokiError(f"the shards use a {meta['vocab_size']}-token vocabulary but model.vocab_size="
                             f"{cfg.model.vocab_size}; raise model.vocab_size")
@@ -78,7 +86,6 @@ class Trainer:
         self.train_windows = TokenWindows(self.run.shards, "train", seq)
         self.val_windows = TokenWindows(self.run.shards, "val", seq) if meta["splits"]["val"]["tokens"] else None
         self.token_bytes = token_byte_lengths(load_tokenizer(self.run.tokenizer))
-        self.tokenizer_sha256 = sha256_file(self.run.tokenizer)
 
         torch.manual_seed(t.seed)
         self.model = Transformer(cfg.model).to(self.device)
