@@ -26,7 +26,6 @@ from lokilm.distill.cache import (
     shards_fingerprint,
 )
 from lokilm.distill.teachers import Teacher, cache_names, load_teacher
-from lokilm.errors import LokiError
 from lokilm.fileio import sha256_file
 from lokilm.rundir import RunDir
 from lokilm.shards import TokenWindows
@@ -133,9 +132,6 @@ def generate_stage(cfg: Config, restart: bool = False, progress: bool = True, te
     tok = load_tokenizer(run.tokenizer)
     ctx = cfg.model.context_length
     prefix = prefix_tokens(cfg)
-    if not 0 < d.prefix_fraction < 1 or prefix >= ctx:
-        raise LokiError(f"distill.prefix_fraction={d.prefix_fraction} leaves no tail for the teacher to continue "
-                        f"(context_length {ctx}): use a value between 0 and 1")
     windows = TokenWindows(run.shards, "train", ctx)
     plan = kd_windows(len(windows), kd_sequences(cfg), d.seed)
     base_meta = {"tokenizer_sha256": sha256_file(run.tokenizer), "shards_fingerprint": shards_fingerprint(run.shards),
