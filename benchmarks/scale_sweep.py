@@ -32,7 +32,8 @@ from lokilm.model import Transformer
 from lokilm.parallel.dist import Distributed, init_distributed
 from lokilm.parallel.fsdp import clip_grad_norm, parallelize
 from lokilm.train.metrics import peak_flops
-from lokilm.train.trainer import autocast_for, build_optimizer
+from lokilm.parallel.precision import autocast_for
+from lokilm.train.optimizer import build_optimizer
 
 PRECISIONS = ["bf16", "fp8_tensorwise", "fp8_rowwise"]
 CHECKPOINTING = ["none", "selective", "full"]

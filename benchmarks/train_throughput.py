@@ -23,7 +23,8 @@ from lokilm.model import Transformer
 from lokilm.parallel.dist import Distributed, resolve_device
 from lokilm.parallel.fsdp import parallelize
 from lokilm.train.metrics import peak_flops
-from lokilm.train.trainer import autocast_for, build_optimizer
+from lokilm.parallel.precision import autocast_for
+from lokilm.train.optimizer import build_optimizer
 
 
 def main() -> None:

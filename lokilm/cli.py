@@ -116,7 +116,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "curate":
         return _curate(args)
     if args.command == "checkpoint":
-        from lokilm.parallel.dcp import consolidate
+        from lokilm.checkpoint.sharded import consolidate
 
         print(f"single-file checkpoint: {consolidate(args.run_dir, args.step, args.out)}")
         return 0
@@ -188,9 +188,10 @@ def _distill(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from lokilm.generate import Sampler, run_config
+    from lokilm.generate import Sampler
+    from lokilm.rundir import RunDir
 
-    cfg = run_config(args.run_dir)
+    cfg = RunDir.open(args.run_dir).cfg
     g = cfg.generate
     for name in ("max_new_tokens", "temperature", "top_k", "top_p", "seed"):
         value = getattr(args, name)

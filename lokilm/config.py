@@ -15,6 +15,7 @@ import yaml
 from lokilm.curate.settings import CurateConfig
 from lokilm.distill.settings import DistillConfig
 from lokilm.errors import LokiError
+from lokilm.model.config import ModelConfig
 
 
 class ConfigError(LokiError, ValueError):
@@ -43,25 +44,6 @@ class TokenizerConfig:
     min_frequency: int = 2
     adapt_new_merges: int = 0  # adapt: this many of the vocab_size tokens are new merges learnt on the sample
     adapt_round_fraction: float = 0.02  # adapt: share of the vocabulary removed (added) between re-encodings
-
-
-@dataclass
-class ModelConfig:
-    vocab_size: int = 32000
-    n_layer: int = 24
-    n_head: int = 32
-    n_kv_head: int | None = None  # None: multi-head attention; fewer: grouped-query attention
-    d_model: int = 2048
-    d_ff: int = 5632  # SwiGLU hidden width
-    context_length: int = 2048
-    position: Literal["alibi", "rope", "learned"] = "alibi"
-    rope_theta: float = 10000.0
-    tie_embeddings: bool = False
-    dropout: float = 0.0
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
-    # auto: FlexAttention on CUDA, PyTorch SDPA elsewhere; reference: plain math (slow, for checking)
-    attention: Literal["auto", "flex", "sdpa", "reference"] = "auto"
 
 
 @dataclass

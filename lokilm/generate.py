@@ -13,28 +13,7 @@ from lokilm.errors import LokiError
 from lokilm.model import Transformer
 from lokilm.rundir import RunDir
 from lokilm.tokenizer import decode, encode, eot_id, load_tokenizer
-from lokilm.train.checkpoint import Checkpoint, latest_checkpoint
-
-
-def run_config(run_dir: str | Path) -> Config:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise LokiError(f"{run_dir} is not a run directory (no config.yaml); train a model first with `loki train`")
-    cfg = from_dict(yaml.safe_load(path.read_text()))
-    cfg.run_dir = str(run_dir)  # the run may have been moved or copied since it was trained
-    return cfg
-
-
-def load_model(run_dir: str | Path, device: str | torch.device = "cpu",
-               ckpt: Checkpoint | None = None) -> tuple[Transformer, Config]:
-    """The run's model with the weights of `ckpt` (default: its newest valid checkpoint), in eval mode."""
-    cfg = run_config(run_dir)
-    ckpt = ckpt or latest_checkpoint(Path(run_dir) / "checkpoints")
-    if ckpt is None:
-        raise LokiError(f"{run_dir} has no valid checkpoint to generate from")
-    model = Transformer(from_dict(ckpt.state["config"]).model).to(device)
-    ckpt.load_model(model)
-    return model.eval(), cfg
+from lokilm.checkpoint import load_model
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,

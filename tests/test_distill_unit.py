@@ -171,8 +171,8 @@ def test_logit_mode_takes_a_teacher_checkpoint_as_well_as_a_run_directory(make_c
     """kind=lokilm is a run directory (its newest checkpoint) or one of its checkpoints, as in sequence mode."""
     import torch
 
-    from lokilm.generate import load_model
-    from lokilm.train.checkpoint import Checkpoint, list_checkpoints
+    from lokilm.checkpoint import load_model
+    from lokilm.checkpoint.single import Checkpoint, list_checkpoints
 
     def teacher(path):
         return Trainer(make_cfg(tmp_path / "c", "distill.enabled=true", "distill.mode=logit",

@@ -14,12 +14,12 @@ import yaml
 from lokilm.cli import main as loki
 from lokilm.config import ModelConfig, TrainConfig, to_dict
 from lokilm.errors import LokiError
-from lokilm.generate import load_model
+from lokilm.checkpoint import load_model
 from lokilm.model import Transformer
 from lokilm.parallel.dist import Distributed
 from lokilm.parallel.fsdp import parallelize
 from lokilm.parallel.precision import check_precision
-from lokilm.train.checkpoint import latest_checkpoint
+from lokilm.checkpoint.single import latest_checkpoint
 from lokilm.train.metrics import read_metrics
 from lokilm.train.trainer import train
 
@@ -80,7 +80,7 @@ def test_two_processes_match_one_and_a_sharded_checkpoint_resumes_in_one(make_cf
 
 
 def _checkpoint(run, step):
-    from lokilm.train.checkpoint import Checkpoint
+    from lokilm.checkpoint.single import Checkpoint
 
     path = run / "checkpoints" / f"step_{step:08d}"
     return Checkpoint(path=path, step=step, state=json.loads((path / "state.json").read_text()))
@@ -129,9 +129,9 @@ def test_fsdp_in_one_process_and_consolidation_in_place(make_cfg, reference, tmp
 _FAILING_RANK = """
 import sys
 import torch
-from lokilm.parallel import dcp
+from lokilm.checkpoint import sharded as dcp
 from lokilm.parallel.dist import init_distributed
-from lokilm.train.checkpoint import CheckpointError
+from lokilm.checkpoint.single import CheckpointError
 
 d = init_distributed("cpu", True)
 model = torch.nn.Linear(4, 4)

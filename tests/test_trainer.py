@@ -5,8 +5,8 @@ import warnings
 import pytest
 
 from lokilm.errors import LokiError
-from lokilm.train import checkpoint as ckpt_mod
-from lokilm.train.checkpoint import latest_checkpoint, list_checkpoints
+from lokilm.checkpoint import single as ckpt_mod
+from lokilm.checkpoint.single import latest_checkpoint, list_checkpoints
 from lokilm.train.metrics import MetricsLog, NullLog, read_metrics
 from lokilm.train.spike import SpikeGuard
 from lokilm.train.trainer import Trainer, train

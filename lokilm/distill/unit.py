@@ -22,7 +22,7 @@ from lokilm.distill.teachers import cache_names, lokilm_checkpoint
 from lokilm.errors import LokiError
 
 if TYPE_CHECKING:
-    from lokilm.train.checkpoint import Checkpoint
+    from lokilm.checkpoint.single import Checkpoint
 
 GROUND_TRUTH = "ground_truth"
 
@@ -148,7 +148,7 @@ class LogitKD(DistillUnit):
 
     def __init__(self, trainer):
         from lokilm.fileio import sha256_file
-        from lokilm.generate import load_model, run_config
+        from lokilm.checkpoint import load_model
         from lokilm.rundir import RunDir
 
         cfg, d = trainer.cfg, trainer.cfg.distill
@@ -160,7 +160,7 @@ class LogitKD(DistillUnit):
             run_dir, ckpt = _teacher_checkpoint(trainer, t)
             model_cfg = ckpt.state["config"]["model"]
             # checkpoints from before the trainer recorded it: the teacher run's tokenizer file
-            tok_sha = ckpt.state.get("tokenizer_sha256") or sha256_file(RunDir(run_config(run_dir)).tokenizer)
+            tok_sha = ckpt.state.get("tokenizer_sha256") or sha256_file(RunDir.open(run_dir).tokenizer)
             if tok_sha != trainer.tokenizer_sha256 or model_cfg["vocab_size"] != cfg.model.vocab_size:
                 raise LokiError(f"teacher {t.name!r} ({t.path}) has another vocabulary than the student (tokenizer "
                                 f"sha256 {tok_sha[:12]} vs {trainer.tokenizer_sha256[:12]}, "

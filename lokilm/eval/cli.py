@@ -11,9 +11,9 @@ from lokilm.config import set_value
 
 def eval_command(args: argparse.Namespace) -> int:
     from lokilm.eval.run import evaluate_run
-    from lokilm.generate import run_config
+    from lokilm.rundir import RunDir
 
-    cfg = run_config(args.run_dir)
+    cfg = RunDir.open(args.run_dir).cfg
     for item in args.overrides:
         key, _, raw = item.partition("=")
         set_value(cfg, key if key.startswith("eval.") else f"eval.{key}", yaml.safe_load(raw))

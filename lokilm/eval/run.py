@@ -43,10 +43,10 @@ def evaluate_run(run_dir: str | Path, settings: EvalConfig, limit: int | None = 
     from lokilm.eval import report, suite
     from lokilm.eval.harness import LokiLM
     from lokilm.eval.presets import preset_tasks
-    from lokilm.generate import load_model
+    from lokilm.checkpoint import load_model
     from lokilm.parallel.dist import resolve_device
     from lokilm.tokenizer import load_tokenizer
-    from lokilm.train.checkpoint import latest_checkpoint
+    from lokilm.checkpoint.single import latest_checkpoint
 
     preset_tasks(settings.preset, settings.tasks)  # an unknown preset or task fails before the model loads
     start = time.time()
@@ -116,7 +116,7 @@ def load_items(run_dir: str | Path, preset: str, limit: int | None = None) -> li
 
 def eval_stage(cfg) -> dict:
     """`loki run`'s eval stage: the config's preset on the newest checkpoint, skipped if already done for it."""
-    from lokilm.train.checkpoint import latest_checkpoint
+    from lokilm.checkpoint.single import latest_checkpoint
 
     run = RunDir(cfg)
     ckpt = latest_checkpoint(run.checkpoints)

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from lokilm.config import ModelConfig
+from lokilm.model.config import ModelConfig
 from lokilm.model.attention import Attend, alibi_slopes, apply_rope, make_attention, rope_cos_sin
 
 

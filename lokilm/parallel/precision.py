@@ -6,6 +6,8 @@ torchao is imported only when an 8-bit option is asked for: it is slow to import
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from lokilm.errors import LokiError
@@ -19,6 +21,14 @@ FP8_RECIPES = {"fp8_tensorwise": "tensorwise", "fp8_rowwise": "rowwise"}
 def uses_bf16(device: torch.device, precision: str) -> bool:
     """bf16 compute: asked for (bf16, or an 8-bit option, whose other layers run in bf16), or auto on CUDA."""
     return precision != "fp32" and (precision != "auto" or device.type == "cuda")
+
+
+def autocast_for(device: torch.device, precision: str):
+    """The one precision policy for a forward pass, in training and in evaluation alike: a context-manager factory,
+    bf16 autocast on CUDA (or when asked), plain fp32 otherwise."""
+    if uses_bf16(device, precision):
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
 
 
 def cuda_capability(device: torch.device) -> tuple[int, int] | None:

@@ -16,14 +16,15 @@ from lokilm.errors import LokiError
 from lokilm.eval.bpb import bits_per_byte
 from lokilm.fileio import sha256_file
 from lokilm.model import Transformer
-from lokilm.parallel import dcp
+from lokilm.checkpoint import sharded as dcp
 from lokilm.parallel.dist import Distributed, env_rank, init_distributed
 from lokilm.parallel.fsdp import clip_grad_norm, parallelize
-from lokilm.parallel.precision import adamw_8bit, after_optimizer_step, uses_bf16
+from lokilm.parallel.precision import after_optimizer_step, autocast_for
+from lokilm.train.optimizer import build_optimizer
 from lokilm.rundir import RunDir
 from lokilm.shards import ShuffledOrder, TokenWindows, read_meta
 from lokilm.tokenizer import load_tokenizer, token_byte_lengths
-from lokilm.train.checkpoint import Checkpoint, latest_checkpoint
+from lokilm.checkpoint.single import Checkpoint, latest_checkpoint
 from lokilm.train.metrics import MetricsLog, NullLog, peak_flops
 from lokilm.train.schedule import BatchSizeWarmup, lr_at
 from lokilm.train.spike import SpikeGuard
@@ -40,25 +41,6 @@ class TrainState:
     elapsed_s: float = 0.0
     spike_injected: bool = False
     kd_samples: int = 0  # KD windows consumed (the distillation unit's cursor; KD steps leave `samples` alone)
-
-
-def autocast_for(device: torch.device, precision: str):
-    """A context-manager factory: bf16 autocast on CUDA (or when asked), plain fp32 otherwise."""
-    if uses_bf16(device, precision):
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
-def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only (not norms), as in GPT-style recipes."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer_8bit:
-        return adamw_8bit(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
-    fused = next(model.parameters()).device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
 
 
 class Trainer:

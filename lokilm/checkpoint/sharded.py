@@ -24,9 +24,13 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from lokilm.config import from_dict
 from lokilm.errors import LokiError
+from lokilm.model import Transformer
 from lokilm.parallel.dist import Distributed
-from lokilm.train.checkpoint import (
+from lokilm.rundir import RunDir
+from lokilm.train.optimizer import build_optimizer
+from lokilm.checkpoint.single import (
     SHARDED,
     Checkpoint,
     CheckpointError,
@@ -126,10 +130,6 @@ def _load_single_into_sharded(ckpt: Checkpoint, model: torch.nn.Module, optimize
                               dist: Distributed) -> None:
     """A single-file checkpoint (a one-process run) resumed by FSDP: rank 0 reads it into a plain copy of the
     model and broadcasts the full state dicts, which every rank shards."""
-    from lokilm.config import from_dict
-    from lokilm.model import Transformer
-    from lokilm.train.trainer import build_optimizer
-
     full = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     model_sd, optim_sd = {}, {}
     if dist.is_main:
@@ -155,15 +155,9 @@ def consolidate(run_dir: str | Path, step: int | None = None, out: str | Path | 
     """Rewrite sharded checkpoint `step` (default: the newest) of a run as a single-file checkpoint with the same
     weights, optimiser state and trainer state: in place, or as a new run directory `out` (config, tokenizer,
     checkpoints/step_N) that `loki generate` and `loki eval` read. Resuming works from either form."""
-    from lokilm.config import from_dict
-    from lokilm.generate import run_config
-    from lokilm.model import Transformer
-    from lokilm.rundir import RunDir
-    from lokilm.train.trainer import build_optimizer
-
-    run_dir = Path(run_dir)
-    cfg = run_config(run_dir)
-    folders = [p for p in list_checkpoints(run_dir / "checkpoints") if step is None or p.name == f"step_{step:08d}"]
+    run = RunDir.open(run_dir)
+    cfg = run.cfg
+    folders = [p for p in list_checkpoints(run.checkpoints) if step is None or p.name == f"step_{step:08d}"]
     if not folders:
         raise LokiError(f"{run_dir} has no checkpoint{'' if step is None else f' at step {step}'}")
     path = folders[-1]
@@ -184,9 +178,10 @@ def consolidate(run_dir: str | Path, step: int | None = None, out: str | Path | 
     if out is not None:
         target = Path(out)
         target.mkdir(parents=True, exist_ok=True)
-        if cfg.tokenizer.path is None:  # the run's own tokenizer goes with it
-            shutil.copyfile(run_dir / "tokenizer.json", target / "tokenizer.json")
         cfg.run_dir = str(target)
+        if cfg.tokenizer.path is None:  # the run's own tokenizer goes with it
+            shutil.copyfile(run.tokenizer, RunDir(cfg).tokenizer)
         RunDir(cfg).save_config()
-    existing = len(list_checkpoints(target / "checkpoints"))
-    return save_checkpoint(target / "checkpoints", ckpt.step, model, optimizer, state, keep=existing + 1)
+    checkpoints = RunDir.open(target).checkpoints
+    existing = len(list_checkpoints(checkpoints))
+    return save_checkpoint(checkpoints, ckpt.step, model, optimizer, state, keep=existing + 1)
