@@ -2,7 +2,7 @@
 
 lm-eval's TemplateLM splits each (context, continuation) pair into tokens (moving the context's trailing
 spaces into the continuation, as for every causal model); this class only runs the model: batched
-log-likelihoods, rolling log-likelihoods and greedy generation through lokilm's KV cache.
+log-likelihoods, rolling log-likelihoods and batched greedy generation through lokilm's KV cache.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tokenizers import Tokenizer
 
 from lokilm.config import GenerateConfig
-from lokilm.generate import generate_ids
+from lokilm.generate import generate_batch
 from lokilm.model import Transformer
 from lokilm.tokenizer import decode, encode, eot_id
 
@@ -100,27 +100,36 @@ class LokiLM(TemplateLM):
         return totals
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Greedy (or sampled, if asked) continuations, cut at the first stop string."""
-        outputs = []
+        """Greedy (or sampled, if asked) continuations, cut at the first stop string; requests with the same
+        settings are decoded batch_size at a time (left-padded, similar lengths together), each row stopping
+        at its first stop string. Greedy rows are exactly what decoding them one by one gives."""
+        jobs: dict[tuple, list[int]] = {}  # generation settings -> the requests that use them
         for n, req in enumerate(requests):
-            context, kwargs = req.args
+            kwargs = req.args[1]
             until = kwargs.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
+            until = (until,) if isinstance(until, str) else tuple(until)
             max_new = min(int(kwargs.get("max_gen_toks", 256)), self.max_length // 2)
-            settings = GenerateConfig(max_new_tokens=max_new, top_k=None, top_p=None, seed=0,
-                                      temperature=float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0)
+            temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
+            jobs.setdefault((until, max_new, temperature), []).append(n)
+        outputs: list[str | None] = [None] * len(requests)
+        done = 0
+        for (until, max_new, temperature), members in jobs.items():
+            settings = GenerateConfig(max_new_tokens=max_new, top_k=None, top_p=None, seed=0, temperature=temperature)
             # keep the end of the prompt: the question being asked is last
-            prompt = ([self.eot_token_id] + self.tok_encode(context))[-(self.max_length - max_new):]
-            new: list[int] = []
-            text = ""
-            with self._autocast():
-                for token in generate_ids(self.model, prompt, settings, self.vocab_size, stop_id=self.eot_token_id):
-                    new.append(token)
-                    text = decode(self.tok, new)
-                    if any(s in text for s in until):
-                        break
-            for s in until:
-                text = text.split(s)[0]
-            outputs.append(text)
-            self.progress(n + 1, len(requests), "generated")
+            prompts = {n: ([self.eot_token_id] + self.tok_encode(requests[n].args[0]))[-(self.max_length - max_new):]
+                       for n in members}
+            members = sorted(members, key=lambda n: len(prompts[n]), reverse=True)
+            for start in range(0, len(members), self.batch_size):
+                rows = members[start:start + self.batch_size]
+                hit = lambda b, new: any(s in decode(self.tok, new) for s in until)  # noqa: E731
+                with self._autocast():
+                    new = generate_batch(self.model, [prompts[n] for n in rows], settings, self.vocab_size,
+                                         stop_id=self.eot_token_id, finished=hit if until else None)
+                for n, ids in zip(rows, new):
+                    text = decode(self.tok, ids)
+                    for s in until:
+                        text = text.split(s)[0]
+                    outputs[n] = text
+                done += len(rows)
+                self.progress(done, len(requests), "generated")
         return outputs

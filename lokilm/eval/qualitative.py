@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lokilm.config import GenerateConfig
-from lokilm.generate import generate_ids
+from lokilm.generate import generate_batch
 from lokilm.tokenizer import decode, encode, eot_id
 
 FACTORIAL = '''Consider the following Python code snippet that is intended to calculate the factorial of a number but returns an error upon execution. Identify the error and suggest the correct modification:
@@ -36,12 +36,13 @@ def qualitative_suite(model, tok, max_new_tokens: int = 120, temperature: float 
     """Each prompt's completion (greedy by default, so the same checkpoint always gives the same text)."""
     ctx = model.cfg.context_length
     settings = GenerateConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=None, top_p=None, seed=seed)
-    samples = []
-    for name, prompt in PROMPTS.items():
+    prompts = []
+    for prompt in PROMPTS.values():
         ids = [eot_id(tok)] + encode(tok, prompt)
         # a small model's context may not hold prompt and answer: keep the prompt's end, leave room to answer
-        ids = ids[-max(1, ctx - min(max_new_tokens, ctx // 2)):]
-        new = list(generate_ids(model, ids, settings, tok.get_vocab_size(), stop_id=eot_id(tok)))
-        samples.append({"name": name, "prompt": prompt, "completion": decode(tok, new),
-                        "prompt_tokens_used": len(ids)})
+        prompts.append(ids[-max(1, ctx - min(max_new_tokens, ctx // 2)):])
+    # decoded together; each completion is the one the prompt gets alone (greedy, or every row with `seed`)
+    new = generate_batch(model, prompts, settings, tok.get_vocab_size(), stop_id=eot_id(tok))
+    samples = [{"name": name, "prompt": prompt, "completion": decode(tok, out), "prompt_tokens_used": len(ids)}
+               for (name, prompt), ids, out in zip(PROMPTS.items(), prompts, new)]
     return {"settings": vars(settings), "samples": samples}
