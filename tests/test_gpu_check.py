@@ -1,0 +1,137 @@
+"""benchmarks/gpu_check.py on the CPU: the JSON it writes, its time budget, the micro-batch search, the GPU-hours."""
+
+import datetime
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gc():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # its dataclass resolves annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dry_run_writes_one_json_whose_rows_all_have_the_required_fields(gc, tmp_path, one_thread):
+    assert gc.main(["--dry-run", "--out", str(tmp_path), "--only", "device", "attention", "gpu_hours"]) == 0
+    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    result = json.loads((tmp_path / f"{today}-cpu-dry-run.json").read_text())
+    assert result["finished"] and result["meta"]["gpu"] == "cpu" and result["meta"]["dry_run"]
+    rows = result["rows"]
+    assert [r["group"] for r in rows] == ["device"] + ["attention"] * 10 + ["gpu_hours"] * 3
+    for r in rows:
+        assert set(gc.REQUIRED) <= set(r) and r["gpu"] == "cpu"
+    attention = rows[1:11]
+    assert all(r["ok"] for r in attention), [gc.one_line(r) for r in attention if not r["ok"]]
+    # fp32 kernels agree with the float64 reference to rounding: the comparison is tight enough to catch a bug
+    assert all(r["max_rel_err"] < 1e-5 for r in attention if r["precision"] == "float32")
+    assert all(r["backward_checked"] == (not r["name"].startswith("flex")) for r in attention)  # no CPU flex backward
+    # nothing was measured, so the GPU-hours say so instead of inventing a figure
+    assert all(r["error"].startswith("LookupError: no ") for r in rows[11:])
+
+
+def test_a_spent_budget_skips_every_measured_row_and_says_why(gc, tmp_path):
+    out = tmp_path / "result.json"
+    assert gc.main(["--dry-run", "--budget-s", "0", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    # a search stops at its first skipped trial: one row per precision and checkpointing mode, one for 124M
+    assert [r["group"] for r in rows].count("throughput") == 3 and [r["group"] for r in rows].count("shape124m") == 1
+    measured = [r for r in rows if r["group"] != "gpu_hours"]
+    assert len(measured) == 1 + 10 + 2 + 1 + 5 + 3 + 4 + 1 + 3
+    assert all(r["skipped"].startswith("time budget of 0 s spent") for r in measured)
+    assert all("error" in r for r in rows if r["group"] == "gpu_hours")
+
+
+def test_one_failing_row_records_its_error_and_the_file_is_written_after_every_row(gc, tmp_path):
+    path = tmp_path / "r.json"
+    report = gc.Report(path, {"gpu": "cpu"}, budget_s=100)
+    report.run("g", "boom", lambda: {}[0])
+    assert json.loads(path.read_text())["rows"][0]["error"] == "KeyError: 0"
+    report.run("g", "oom", lambda: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory. Tried 2 GiB")))
+    report.run("g", "fine", lambda: {"tokens_per_s_per_gpu": 5.0})
+    rows = json.loads(path.read_text())["rows"]
+    assert gc.is_oom(rows[1]) and not gc.is_oom(rows[0])
+    assert rows[2]["tokens_per_s_per_gpu"] == 5.0 and gc.ok(rows[2]) and not gc.ok(rows[0])
+
+    def interrupted():
+        raise gc.Interrupted()
+
+    with pytest.raises(gc.Interrupted):
+        report.run("g", "killed", interrupted)
+    assert json.loads(path.read_text())["rows"][-1]["error"].startswith("interrupted")
+
+
+def test_gpu_hours_arithmetic_and_the_best_setting_of_a_precision(gc):
+    # 500B tokens at 72k tokens/s per GPU: 6.94M GPU-seconds = 1,929 GPU-hours = 241 hours on 8 GPUs
+    assert gc.gpu_hours(500e9, 72_000, 8) == {"gpu_hours": 1929.0, "wall_hours": 241.1, "wall_days": 10.05, "gpus": 8,
+                                              "run_tokens": 500e9}
+    base = {"preset": gc.PRESET, "precision": "bf16", "mfu": 0.4, "peak_mem_gb": 80.0, "best": True}
+    rows = [{**base, "group": "throughput", "activation_checkpointing": "none", "micro_batch": 8,
+             "tokens_per_s_per_gpu": 60_000.0},
+            {**base, "group": "checkpointing", "activation_checkpointing": "full", "micro_batch": 32,
+             "tokens_per_s_per_gpu": 75_000.0},
+            {**base, "group": "vocab", "activation_checkpointing": "none", "micro_batch": 8,
+             "tokens_per_s_per_gpu": 99_000.0}]  # a vocabulary row is not the preset's setting
+    row = gc.hours_row(rows, "bf16", 500e9, 8)
+    assert (row["activation_checkpointing"], row["tokens_per_s_per_gpu"], row["meets_goal"]) == ("full", 75_000, True)
+    assert row["gpu_hours"] == round(500e9 / 75_000 / 3600, 1)
+    with pytest.raises(LookupError):
+        gc.hours_row(rows, "fp8_rowwise", 500e9, 8)
+
+
+def _trials(gc, tmp_path, speed, oom_from, tried):
+    """A trial function over a synthetic device: `speed(mb)` tokens/s, out of memory from `oom_from`, peak memory
+    10 GB of states plus 5 GB per sequence; each trial a real Report row."""
+    report = gc.Report(tmp_path / "s.json", {"gpu": "test"}, budget_s=100)
+
+    def measure(mb):
+        tried.append(mb)
+        if mb >= oom_from:
+            raise torch.OutOfMemoryError(f"CUDA out of memory at micro-batch {mb}")
+        return {"tokens_per_s_per_gpu": speed(mb), "peak_mem_gb": 10.0 + 5.0 * mb, "state_gb": 10.0}
+
+    return lambda mb: report.run("t", f"mb={mb}", lambda: measure(mb), micro_batch=mb)
+
+
+def test_micro_batch_search_doubles_until_oom_or_no_gain_and_halves_when_the_start_does_not_fit(gc, tmp_path):
+    def best(rows):
+        return [(r["micro_batch"], r["search_stopped"]) for r in rows if r.get("best")]
+
+    tried = []  # speed keeps rising: doubles until the OOM at 32
+    rows = gc.search_micro_batch(_trials(gc, tmp_path, lambda mb: 1000.0 * mb, 32, tried), start=8, limit=64)
+    assert tried == [8, 16, 32] and best(rows) == [(16, "micro-batch 32: out of memory")]
+
+    tried = []  # the start does not fit: halve, and never try the size that ran out again
+    rows = gc.search_micro_batch(_trials(gc, tmp_path, lambda mb: 1000.0 * mb, 5, tried), start=8, limit=64)
+    assert tried == [8, 4] and best(rows) == [(4, "no larger micro-batch under 8")]
+
+    tried = []  # a plateau: 16 is under 3% faster than 8, so 32 is not tried
+    rows = gc.search_micro_batch(_trials(gc, tmp_path, lambda mb: 1000.0 + mb, 99, tried), start=8, limit=64)
+    assert tried == [8, 16] and best(rows)[0][0] == 16 and "gained under 3%" in best(rows)[0][1]
+
+    tried = []  # 100 GB of memory: 10 + 5 x 16 = 90 fits under 90%, 32 would need 170 GB and is not tried
+    rows = gc.search_micro_batch(_trials(gc, tmp_path, lambda mb: 1000.0 * mb, 99, tried), start=8, limit=64,
+                                 capacity_gb=100)
+    assert tried == [8, 16] and best(rows) == [(16, "micro-batch 32 predicted to need 170 GB of 100")]
+    assert gc.predicted_peak_gb([(8, 50.0)], 10.0, 16) == 90.0  # through the states and one trial
+    assert gc.predicted_peak_gb([(8, 50.0), (16, 100.0)], 0.0, 32) == 200.0  # through the last two trials
+
+    tried = []  # a failure that is not memory (a missing kernel): one row, no best
+    report = gc.Report(tmp_path / "e.json", {"gpu": "test"}, budget_s=100)
+    rows = gc.search_micro_batch(lambda mb: report.run("t", "x", lambda: tried.append(mb) or 1 / 0), 8, 64)
+    assert tried == [8] and len(rows) == 1 and not any(r.get("best") for r in rows)
+
+
+def test_output_path_is_date_and_gpu_in_a_folder_or_the_file_given(gc, tmp_path):
+    day = datetime.date(2026, 12, 2)
+    assert gc.output_path(str(tmp_path), "NVIDIA H200", False, day) == tmp_path / "2026-12-02-nvidia-h200.json"
+    assert gc.output_path("x/run.json", "cpu", True, day) == Path("x/run.json")
