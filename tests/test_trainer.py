@@ -7,7 +7,9 @@ import pytest
 from lokilm.errors import LokiError
 from lokilm.checkpoint import single as ckpt_mod
 from lokilm.checkpoint.single import latest_checkpoint, list_checkpoints
-from lokilm.train.metrics import MetricsLog, NullLog, read_metrics
+from faults import SpikeInjector
+
+from lokilm.train.metrics import MetricsLog, read_metrics
 from lokilm.train.spike import SpikeGuard
 from lokilm.train.trainer import Trainer, train
 
@@ -50,9 +52,10 @@ def test_ranks_keep_distinct_dropout_seeds_after_a_rollback(make_cfg, tmp_path, 
     seeds = []
     for rank in (0, 1):
         trainer = Trainer(cfg)
-        trainer.log, trainer.dist.rank = NullLog(), rank  # a single-file checkpoint loads the same on any rank
+        trainer.dist.rank = rank  # a single-file checkpoint loads the same on any rank
+        trainer.logging.main = False
         monkeypatch.setattr(torch, "manual_seed", seeds.append)
-        trainer.rollback("test")
+        trainer.checkpoint.roll_back(3, "test")
         monkeypatch.undo()
     assert seeds == [cfg.train.seed + 7919, cfg.train.seed + 7919 + 1]  # rank 0 unchanged, rank 1 its own
 
@@ -107,9 +110,8 @@ def test_rewriting_metrics_is_atomic(tmp_path, monkeypatch):
 
 def test_injected_spike_rolls_back_and_finishes(make_cfg, tmp_path):
     run = tmp_path / "spike"
-    cfg = make_cfg(run, "train.max_steps=30", "train.checkpoint_every=5", "train.inject_spike_at_step=24",
-                   "train.spike.min_history=10")
-    summary = train(cfg)
+    cfg = make_cfg(run, "train.max_steps=30", "train.checkpoint_every=5", "train.spike.min_history=10")
+    summary = train(cfg, [lambda trainer: SpikeInjector(24)])
     assert summary["status"] == "finished" and summary["step"] == 30 and summary["rollbacks"] == 1
     events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
     rollback = [e for e in events if e["event"] == "rollback"]
@@ -172,15 +174,19 @@ def test_truncated_checkpoint_and_leftover_temp_folder(make_cfg, tmp_path):
         assert latest_checkpoint(run / "checkpoints").step == 2
 
 
-def test_failed_save_keeps_previous_checkpoints(make_cfg, tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["_write", "save"])
+def test_failed_save_keeps_previous_checkpoints(make_cfg, tmp_path, monkeypatch, where):
+    # a full disk surfaces as an OSError from our own writes, or as a SafetensorError from safetensors itself
+    from safetensors import SafetensorError
+
     run = tmp_path / "diskfull"
     train(make_cfg(run, "train.max_steps=4", "train.checkpoint_every=2"))
     before = list_checkpoints(run / "checkpoints")
 
     def disk_full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+        raise OSError(28, "No space left on device") if where == "_write" else SafetensorError("I/O error: No space")
 
-    monkeypatch.setattr(ckpt_mod, "save_file", disk_full)
+    monkeypatch.setattr(ckpt_mod, where, disk_full)
     with pytest.raises(LokiError, match="could not write checkpoint .* the previous checkpoints are intact"):
         train(make_cfg(run, "train.max_steps=6", "train.checkpoint_every=2"))
     assert list_checkpoints(run / "checkpoints") == before

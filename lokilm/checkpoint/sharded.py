@@ -9,6 +9,7 @@ one `rng_rank{r}.safetensors` per process and `state.json`; rank 0 seals it once
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import warnings
 from pathlib import Path
@@ -41,6 +42,69 @@ from lokilm.checkpoint.single import (
     save_checkpoint,
     verify,
 )
+
+
+# What DCP's `.metadata` pickle may name: its own metadata classes and the few torch types they hold. Anything
+# else (a planted pickle calling os.system, say) is refused before it runs.
+_METADATA_MODULES = {"torch.distributed.checkpoint.metadata"}
+_METADATA_GLOBALS = {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+                     ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
+                     ("collections", "OrderedDict")}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        import torch.distributed.checkpoint.metadata as metadata
+
+        if module in _METADATA_MODULES and isinstance(getattr(metadata, name, None), type):
+            return super().find_class(module, name)
+        if (module, name) in _METADATA_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint's metadata")
+
+
+def read_metadata(folder: Path):
+    """DCP's metadata of a sharded checkpoint, read without running anything it does not expect."""
+    with open(folder / ".metadata", "rb") as f:
+        return _MetadataUnpickler(f).load()
+
+
+def check_metadata(folder: Path) -> str | None:
+    """None if `folder`'s DCP metadata is one a sharded checkpoint writes, else what is wrong."""
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    try:
+        metadata = read_metadata(folder)
+    except Exception as e:  # any unpickling failure: a damaged or hostile file
+        return f"{folder.name}/.metadata is not a checkpoint's metadata ({type(e).__name__}: {e})"
+    if not isinstance(metadata, Metadata):
+        return f"{folder.name}/.metadata holds a {type(metadata).__name__}, not DCP metadata"
+    return None
+
+
+class _SafeReader(dcp.FileSystemReader):
+    def read_metadata(self, *args, **kwargs):
+        from torch.distributed.checkpoint.metadata import StorageMeta
+
+        metadata = read_metadata(Path(self.path))
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class _SafeLoadPlanner(dcp.DefaultLoadPlanner):
+    """DCP stores non-tensor values (the optimiser's hyperparameters) as torch.save bytes and its default planner
+    loads them with weights_only=False, i.e. unpickles anything; these are plain numbers and names."""
+
+    def load_bytes(self, read_item, value) -> None:
+        from torch.distributed.checkpoint._traverse import set_element
+
+        loaded = torch.load(value, weights_only=True)
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = loaded
 
 
 def writes_sharded(checkpoint_format: str, fsdp: bool) -> bool:
@@ -115,7 +179,8 @@ def load(ckpt: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimi
             content["optimizer"] = get_optimizer_state_dict(model, optimizer)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "torch.distributed is disabled")
-            dcp.load(content, checkpoint_id=ckpt.path / SHARDED, no_dist=not dist.fsdp)
+            dcp.load(content, storage_reader=_SafeReader(ckpt.path / SHARDED), planner=_SafeLoadPlanner(),
+                     no_dist=not dist.fsdp)
         set_model_state_dict(model, content["model"])
         if "optimizer" in content:
             set_optimizer_state_dict(model, optimizer, content["optimizer"])

@@ -37,22 +37,19 @@ NEW_TOKENS_FACTOR = 1.25
 MARGIN = 1.15
 
 
-def kd_sequences(cfg: Config) -> int:
+def kd_sequences(cfg: Config, world_size: int | None = None) -> int:
     """Training windows the run's KD batches consume: distill.cache_sequences, else the sum of the batch sizes
-    of the KD steps (steps s with (s + 1) % every == 0), following batch-size warmup when it is on."""
-    d, t = cfg.distill, cfg.train
+    of the KD steps (steps s with (s + 1) % every == 0), from the trainer's own schedule on the world size the
+    training will run on (WORLD_SIZE under torchrun): batch-size warmup rounds to whole micro-batches per
+    process, so 8 processes take smaller early batches than one."""
+    from lokilm.parallel.dist import env_world_size
+    from lokilm.train.schedule import batch_sizes
+
+    d = cfg.distill
     if d.cache_sequences:
         return d.cache_sequences
-    if not t.batch_warmup_tokens:
-        return t.max_steps // d.every * t.batch_size
-    from lokilm.train.schedule import BatchSizeWarmup
-
-    warmup, tokens, total = BatchSizeWarmup(t), 0, 0
-    for step in range(t.max_steps):
-        size = warmup.batch_size(tokens)
-        total += size if (step + 1) % d.every == 0 else 0
-        tokens += size * cfg.model.context_length  # as the trainer counts them
-    return total
+    sizes = batch_sizes(cfg.train, cfg.model.context_length, world_size or env_world_size())
+    return sum(size for step, size in enumerate(sizes) if (step + 1) % d.every == 0)
 
 
 def prompt_text(tok, prefix: np.ndarray) -> str:

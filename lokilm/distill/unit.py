@@ -20,6 +20,7 @@ from lokilm.distill.cache import CacheError, TeacherCache, cache_root, kd_window
 from lokilm.distill.losses import minimum_rule, soft_token_loss, token_ce
 from lokilm.distill.teachers import cache_names, lokilm_checkpoint
 from lokilm.errors import LokiError
+from lokilm.train.units import Step, Unit
 
 if TYPE_CHECKING:
     from lokilm.checkpoint.single import Checkpoint
@@ -27,13 +28,18 @@ if TYPE_CHECKING:
 GROUND_TRUTH = "ground_truth"
 
 
-class DistillUnit:
-    """What both modes share: the KD schedule, the cursor over KD windows, and the per-step win counts."""
+class DistillUnit(Unit):
+    """What both modes share: the KD schedule, the cursor over KD windows, and the per-step win counts. A trainer
+    unit that is the batch source of every KD step; its cursor (`kd_samples`) is its checkpointed state."""
+    name = "distill"
 
     def __init__(self, trainer, windows: np.ndarray, teachers: list[str]):
-        self.trainer, self.windows = trainer, windows
-        self.settings = trainer.cfg.distill
+        self.windows = windows
+        self.settings, self.micro = trainer.cfg.distill, trainer.cfg.train.micro_batch_size
+        self.model, self.device, self.dist = trainer.step_model, trainer.device, trainer.dist
+        self.train_windows, self.logging = trainer.data.windows, trainer.logging
         self.targets = [GROUND_TRUTH, *teachers]
+        self.kd_samples = 0  # KD windows consumed: the ordinary data order does not advance on KD steps
         self._reset()
 
     @staticmethod
@@ -42,29 +48,44 @@ class DistillUnit:
         cache_names(d.teachers, reserved=(GROUND_TRUTH,))
         return SequenceKD(trainer) if d.mode == "sequence" else LogitKD(trainer)
 
-    def is_kd_step(self, step: int) -> bool:
-        """`step` optimiser steps are done; the next one (step + 1) is a KD batch if it is a multiple of k."""
-        return (step + 1) % self.settings.every == 0
+    def is_kd_step(self, number: int) -> bool:
+        """Step `number` (1-based) is a KD batch if it is a multiple of k."""
+        return number % self.settings.every == 0
 
-    def micro_batch(self, i: int) -> tuple[Tensor, Tensor]:
+    # ------------------------------------------------------------------ the unit's hooks
+
+    def batch_source(self, step: Step) -> DistillUnit | None:
+        if not self.is_kd_step(step.number):
+            return None
+        self.start_step(step)
+        return self
+
+    def micro_batch(self, step: Step, i: int) -> tuple[Tensor, Tensor]:
         """The i-th micro-batch of the current KD step: the next KD windows after the cursor, wrapping around."""
-        trainer = self.trainer
-        size = trainer.cfg.train.micro_batch_size
-        first = trainer.state.kd_samples + i * size
-        return self._batch(self.windows[np.arange(first, first + size) % len(self.windows)])
+        first = self.kd_samples + i * self.micro
+        return self._batch(self.windows[np.arange(first, first + self.micro) % len(self.windows)])
 
-    def start_step(self) -> None:
+    def consumed(self, step: Step) -> None:
+        self.kd_samples += step.batch_size
+        step.record.update(self.record())
+
+    def state_dict(self) -> dict:
+        return {"kd_samples": self.kd_samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kd_samples = int(state.get("kd_samples", 0))
+
+    def start_step(self, step: Step) -> None:
         """A KD step begins (on every rank): its win counts and per-target losses start from zero. The wrap is
         decided here from the whole batch, not per micro-batch: under torchrun it may fall in another rank's
         share, and only rank 0 logs."""
         self._reset()
-        trainer = self.trainer
-        first, n = trainer.state.kd_samples, len(self.windows)
+        first, n = self.kd_samples, len(self.windows)
         # the step whose KD samples [first, first + batch) reach index n (window 0 again): once per run
-        if first <= n < first + trainer.batches.batch_size(trainer.state.tokens):
-            trainer.log.event("kd_windows_wrapped", trainer.state.step + 1, windows=n,
-                              note="every KD window has been used; starting over (generate a larger cache "
-                                   "with distill.cache_sequences to avoid repeats)")
+        if first <= n < first + step.batch_size:
+            self.logging.event("kd_windows_wrapped", step.number, windows=n,
+                               note="every KD window has been used; starting over (generate a larger cache "
+                                    "with distill.cache_sequences to avoid repeats)")
 
     def _reset(self) -> None:
         k = len(self.targets)
@@ -82,7 +103,7 @@ class DistillUnit:
         """This KD step's figures for metrics.jsonl: how often each target won, and its mean loss per token,
         summed over every rank's micro-batches (each rank sees only its share of the batch)."""
         k = len(self.targets)
-        wins, sums, tokens = self.trainer.dist.all_sum(
+        wins, sums, tokens = self.dist.all_sum(
             torch.cat([self._wins, self._loss_sums, self._tokens])).cpu().split(k)
         out: dict = {"kd": True}
         for name, w, total, n in zip(self.targets, wins.tolist(), sums.tolist(), tokens.tolist()):
@@ -114,13 +135,13 @@ class SequenceKD(DistillUnit):
         if not len(windows):
             raise CacheError(f"the teacher caches in {root} ({', '.join(c.name for c in self.caches)}) have no "
                              "training window in common; regenerate them with `loki distill generate`")
-        if windows.max() >= len(trainer.train_windows):
+        if windows.max() >= len(trainer.data.windows):
             raise CacheError(f"teacher {self.caches[0].name!r}: the cache in {root} names training windows the run's "
                              "shards do not have; rerun `loki distill generate`")
         super().__init__(trainer, windows, [c.name for c in self.caches])
 
     def _batch(self, windows: np.ndarray) -> tuple[Tensor, Tensor]:
-        truth = self.trainer.train_windows.batch(windows)  # (B, T + 1)
+        truth = self.train_windows.batch(windows)  # (B, T + 1)
         length = truth.shape[1]
         seqs = np.zeros((len(self.targets), *truth.shape), dtype=np.int64)
         valid = np.zeros(seqs.shape, dtype=bool)
@@ -132,12 +153,11 @@ class SequenceKD(DistillUnit):
                 seqs[k, b, :p], seqs[k, b, p: p + len(cont)] = truth[b, :p], cont
                 valid[k, b, : p + len(cont)] = True
         y = np.where(valid[..., 1:], seqs[..., 1:], -1)  # no target past a continuation's end
-        device = self.trainer.device
-        return torch.from_numpy(seqs[..., :-1]).to(device), torch.from_numpy(y).to(device)
+        return torch.from_numpy(seqs[..., :-1]).to(self.device), torch.from_numpy(y).to(self.device)
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         K, B, T = x.shape
-        logits = self.trainer.step_model(x.reshape(K * B, T))
+        logits = self.model(x.reshape(K * B, T))
         losses, mask = token_ce(logits.view(K, B, T, -1), y)
         return self._minimum(losses, mask)
 
@@ -171,16 +191,16 @@ class LogitKD(DistillUnit):
                                 f"the student's {cfg.model.context_length}")
             model, _ = load_model(run_dir, trainer.device, ckpt)
             self.teachers.append(model.requires_grad_(False))
-        n = len(trainer.train_windows)
+        n = len(trainer.data.windows)
         super().__init__(trainer, kd_windows(n, n, d.seed), [t.name for t in d.teachers])
 
     def _batch(self, windows: np.ndarray) -> tuple[Tensor, Tensor]:
-        batch = torch.from_numpy(self.trainer.train_windows.batch(windows)).to(self.trainer.device)
+        batch = torch.from_numpy(self.train_windows.batch(windows)).to(self.device)
         return batch[:, :-1], batch[:, 1:]
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         d = self.settings
-        logits = self.trainer.step_model(x)
+        logits = self.model(x)
         truth, mask = token_ce(logits, y)
         losses = [truth]
         for teacher in self.teachers:

@@ -22,6 +22,11 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def env_world_size() -> int:
+    """Processes of the torchrun job this process belongs to (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 @dataclass
 class Distributed:
     rank: int

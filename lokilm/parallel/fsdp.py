@@ -71,7 +71,8 @@ def parallelize(model: Transformer, t: TrainConfig, dist: Distributed) -> list[s
     return notes
 
 
-def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
-    """Clip the global gradient norm (over all shards) to max_norm (0: off); returns the norm before clipping."""
+def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm (over all shards) to max_norm (0: off); returns the norm before clipping, as a
+    device tensor: reading it on the host would stall the step (the logging unit reads it at log intervals)."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm or float("inf"))
-    return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from lokilm.config import TrainConfig
+from lokilm.train.units import Step, Unit
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -51,3 +52,26 @@ class BatchSizeWarmup:
     def lr_scale(self, batch_size: int) -> float:
         ratio = batch_size / self.full
         return {"sqrt": math.sqrt(ratio), "linear": ratio, "none": 1.0}[self.scaling]
+
+
+class BatchWarmup(Unit):
+    """Batch-size warmup as a unit: sets each step's batch size from the tokens seen so far and rescales its
+    learning rate. Stateless: the schedule is a function of the tokens, which the checkpoint holds."""
+    name = "batch_warmup"
+
+    def __init__(self, schedule: BatchSizeWarmup):
+        self.schedule = schedule
+
+    def before_step(self, step: Step) -> None:
+        step.batch_size = self.schedule.batch_size(step.tokens)
+        step.lr *= self.schedule.lr_scale(step.batch_size)
+
+
+def batch_sizes(cfg: TrainConfig, context_length: int, world_size: int) -> list[int]:
+    """The global batch size of every step of a run, in order: what the trainer will use on `world_size`
+    processes. Distillation sizes its teacher cache from the same list (lokilm/distill/generate.py)."""
+    schedule, tokens, sizes = BatchSizeWarmup(cfg, world_size), 0, []
+    for _ in range(cfg.max_steps):
+        sizes.append(schedule.batch_size(tokens))
+        tokens += sizes[-1] * context_length
+    return sizes

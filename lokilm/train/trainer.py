@@ -1,58 +1,154 @@
-"""The training loop, in one process or on every rank of a torchrun job; batch warmup, spike rollback, evaluation,
-checkpoints and parallelism (lokilm/parallel) are units it calls."""
+"""The training loop, in one process or on every rank of a torchrun job.
+
+The loop only runs steps: forward, backward, clip, optimiser step. Everything else (the data, batch-size warmup,
+distillation batches, the spike guard and its rollbacks, held-out evaluation, logging, checkpoints) is a unit
+(lokilm/train/units.py) built in `build_units` and called through the same hooks; parallelism is applied to the
+model from outside (lokilm/parallel).
+"""
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
+import signal
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
 
 import torch
 
-from lokilm.config import Config, to_dict
-from lokilm.distill.unit import DistillUnit
+from lokilm.checkpoint import sharded
+from lokilm.config import Config
 from lokilm.errors import LokiError
-from lokilm.eval.bpb import bits_per_byte
 from lokilm.fileio import sha256_file
 from lokilm.model import Transformer
-from lokilm.checkpoint import sharded as dcp
-from lokilm.parallel.dist import Distributed, env_rank, init_distributed
+from lokilm.parallel.dist import Distributed, init_distributed
 from lokilm.parallel.fsdp import clip_grad_norm, parallelize
 from lokilm.parallel.precision import after_optimizer_step, autocast_for
-from lokilm.train.optimizer import build_optimizer
 from lokilm.rundir import RunDir
-from lokilm.shards import ShuffledOrder, TokenWindows, read_meta
+from lokilm.shards import TokenWindows, read_meta
 from lokilm.tokenizer import load_tokenizer, token_byte_lengths
-from lokilm.checkpoint.single import Checkpoint, latest_checkpoint
-from lokilm.train.metrics import MetricsLog, NullLog, peak_flops
-from lokilm.train.schedule import BatchSizeWarmup, lr_at
+from lokilm.train.checkpointing import Checkpointing
+from lokilm.train.data import TrainData
+from lokilm.train.evaluation import HeldOutEval
+from lokilm.train.logger import Logging
+from lokilm.train.metrics import peak_flops
+from lokilm.train.optimizer import build_optimizer, set_lr
+from lokilm.train.schedule import BatchSizeWarmup, BatchWarmup, lr_at
 from lokilm.train.spike import SpikeGuard
+from lokilm.train.units import Step, Unit
 
 
 @dataclass
-class TrainState:
-    """Everything besides weights, optimiser and RNG that a resumed run needs to continue exactly."""
+class LoopState:
+    """The loop's own counters; every other piece of state belongs to a unit."""
     step: int = 0
     tokens: int = 0
-    samples: int = 0  # training windows consumed; with data_seed it fixes the position in the data order
-    data_seed: int = 0
     rollbacks: int = 0
     elapsed_s: float = 0.0
-    spike_injected: bool = False
-    kd_samples: int = 0  # KD windows consumed (the distillation unit's cursor; KD steps leave `samples` alone)
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            self.step, self.tokens = int(state["step"]), int(state["tokens"])
+            self.rollbacks, self.elapsed_s = int(state["rollbacks"]), float(state["elapsed_s"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise LokiError(f"the checkpoint's loop state is damaged ({e!r}): {state!r}") from None
+        if self.step < 0 or self.tokens < 0:
+            raise LokiError(f"the checkpoint's loop state is damaged (negative counters): {state!r}")
+
+
+UnitFactory = Callable[["Trainer"], Unit]
+
+
+class Interrupt:
+    """Ctrl-C during training: the first one lets the current step finish (and its evaluation, logging and
+    checkpoint), then the run saves and stops, so the checkpoint always matches its step; a second one stops at
+    once, and the last checkpoint stays the resume point."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nloki: interrupted; finishing this step and saving a checkpoint (Ctrl-C again to stop at once)",
+              flush=True)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 class Trainer:
-    def __init__(self, cfg: Config, dist: Distributed | None = None):
+    def __init__(self, cfg: Config, dist: Distributed | None = None, extra_units: Iterable[UnitFactory] = ()):
         self.cfg, t = cfg, cfg.train
         self.run = RunDir(cfg)
         self.dist = dist or init_distributed(t.device, t.fsdp)
         self.device = self.dist.device
         # Under FSDP its mixed-precision policy casts the parameters; autocast would only add casts.
-        self.autocast = contextlib.nullcontext if self.dist.fsdp else autocast_for(self.device, t.precision)
-        self.sharded_checkpoints = dcp.writes_sharded(t.checkpoint_format, self.dist.fsdp)
+        self.autocast = (lambda: torch.autocast(self.device.type, enabled=False)) if self.dist.fsdp \
+            else autocast_for(self.device, t.precision)
+        self._check_data()
+        seq = cfg.model.context_length
+        train_windows = TokenWindows(self.run.shards, "train", seq)
         meta = read_meta(self.run.shards)
+        val_windows = TokenWindows(self.run.shards, "val", seq) if meta["splits"]["val"]["tokens"] else None
+
+        self.model = self._build_model()
+        self.step_model = self.model
+        if self.dist.rank:
+            torch.manual_seed(t.seed + self.dist.rank)  # ranks draw different dropout masks
+        self.optimizer = build_optimizer(self.model, t)
+        after_optimizer_step(self.model, self.optimizer, t.precision, self.dist.fsdp)
+        schedule = BatchSizeWarmup(t, self.dist.world_size)
+        for n in {schedule.start, schedule.full}:
+            self.dist.share(n // t.micro_batch_size)  # the same number of micro-batches per rank, or a clear error
+        self.state = LoopState()
+        self.units: list[Unit] = []
+
+        # The units, in the order their hooks run. Explicit dependencies only: nothing reaches into the trainer.
+        self.data = TrainData(train_windows, t.micro_batch_size, t.seed, self.device,
+                              lambda x, y: self.step_model(x, y))
+        self.logging = Logging(self.run, cfg, self.state, self.dist.is_main, self.dist.world_size,
+                               self.model.flops_per_token(), peak_flops(self.device))
+        self.checkpoint = Checkpointing(self, t.checkpoint_every, t.keep_checkpoints,
+                                        sharded.writes_sharded(t.checkpoint_format, self.dist.fsdp))
+        units: list[Unit] = [self.data, BatchWarmup(schedule)]
+        from lokilm.train.model_units import model_units  # byte table, dropout schedule, early-exit curriculum
+
+        units += model_units(self.model, cfg, self.run.tokenizer, self.device)
+        if cfg.distill.enabled:
+            from lokilm.distill.unit import DistillUnit
+
+            units.append(DistillUnit.build(self))
+        units += [make(self) for make in extra_units]
+        units.append(SpikeGuard(t.spike, self.checkpoint))
+        if val_windows is not None:
+            units.append(HeldOutEval(self.step_model, val_windows, token_byte_lengths(load_tokenizer(self.run.tokenizer)),
+                                     t.eval_every, t.eval_batches * t.micro_batch_size, t.micro_batch_size,
+                                     self.device, self.autocast, t.max_steps))
+        units += [self.logging, self.checkpoint]
+        names = [u.name for u in units]
+        if len(set(names)) != len(names):
+            raise LokiError(f"two training units share a name (their states would collide in checkpoints): {names}")
+        self.units = units
+
+    def _check_data(self) -> None:
+        cfg = self.cfg
+        if not self.run.tokenizer.is_file():
+            raise LokiError(f"no tokenizer at {self.run.tokenizer}: run `loki tokenizer train` (or `loki run`) first, "
+                            "or set tokenizer.path")
+        meta = read_meta(self.run.shards)  # a missing or damaged meta.json: a clear ShardError
         self.tokenizer_sha256 = sha256_file(self.run.tokenizer)
         # Shards made with another tokenizer would train on ids that mean other text (checked when the shards
         # record theirs; older shards do not)
@@ -64,214 +160,131 @@ class Trainer:
         if meta["vocab_size"] > cfg.model.vocab_size:
             raise LokiError(f"the shards use a {meta['vocab_size']}-token vocabulary but model.vocab_size="
                             f"{cfg.model.vocab_size}; raise model.vocab_size")
-        seq = cfg.model.context_length
-        self.train_windows = TokenWindows(self.run.shards, "train", seq)
-        self.val_windows = TokenWindows(self.run.shards, "val", seq) if meta["splits"]["val"]["tokens"] else None
-        self.token_bytes = token_byte_lengths(load_tokenizer(self.run.tokenizer))
 
+    def _build_model(self) -> Transformer:
+        """One process: built and initialised on the device. FSDP: rank 0 alone initialises the full model (on the
+        CPU, from the run's seed: the same weights as a one-process run); every other rank builds it on the meta
+        device, so no rank but 0 ever holds the full model; after sharding, rank 0 broadcasts the weights."""
+        t = self.cfg.train
         torch.manual_seed(t.seed)
-        self.model = Transformer(cfg.model).to(self.device)
-        self.model.init_weights()  # the whole model on every rank, then sharded: the same weights as one process
-        self.setup_notes = parallelize(self.model, t, self.dist)
-        self.step_model = self.model
-        if self.dist.rank:
-            torch.manual_seed(t.seed + self.dist.rank)  # ranks draw different dropout masks
-        self.optimizer = build_optimizer(self.model, t)
-        after_optimizer_step(self.model, self.optimizer, t.precision, self.dist.fsdp)
-        self.batches = BatchSizeWarmup(t, self.dist.world_size)
-        for n in {self.batches.start, self.batches.full}:
-            self.dist.share(n // t.micro_batch_size)  # the same number of micro-batches per rank, or a clear error
-        self.spike = SpikeGuard(t.spike)
-        self.state = TrainState(data_seed=t.seed)
-        self._order = ShuffledOrder(len(self.train_windows), self.state.data_seed)
-        self.flops_per_token = self.model.flops_per_token()
-        self.peak_flops = peak_flops(self.device)
-        # The loss of one micro-batch; the distillation unit swaps in its own on KD batches.
-        self.compute_loss = lambda x, y: self.step_model(x, y)
-        self.distill = DistillUnit.build(self) if cfg.distill.enabled else None
+        if not self.dist.fsdp:
+            model = Transformer(self.cfg.model).to(self.device)
+            model.init_weights()
+            self.setup_notes = parallelize(model, t, self.dist)
+            return model
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        full = None
+        if self.dist.is_main:
+            full = Transformer(self.cfg.model)
+            full.init_weights()
+        with torch.device("meta"):
+            model = Transformer(self.cfg.model)
+        self.setup_notes = parallelize(model, t, self.dist)
+        model.to_empty(device=self.device)
+        set_model_state_dict(model, full.state_dict() if full is not None else {},
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        return model
 
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> dict:
         t = self.cfg.train
-        resumed = self._resume()
-        self.log = (MetricsLog(self.run.root, t.max_steps, self.state.step, t.tensorboard, t.progress)
-                    if self.dist.is_main else NullLog())
-        status = "finished"
-        try:
-            if self.setup_notes:
-                self.log.event("setup", self.state.step, world_size=self.dist.world_size, device=str(self.device),
-                               applied="; ".join(self.setup_notes))
-            if resumed is None:
-                self._save()  # step 0: a rollback target exists from the first step on
-                self.log.log({"step": 0, "tokens": 0, "val_bpb": self.evaluate()} if self.val_windows else {"step": 0})
-            else:
-                self.log.event("resume", self.state.step, checkpoint=str(resumed.path))
-            while self.state.step < t.max_steps:
-                # checked before the step, so rerunning a run halted at N stays at N instead of training N+1
-                if t.halt_at_step is not None and self.state.step >= t.halt_at_step:
-                    status = "halted"
-                    break
-                record = self.train_step()
-                if record is None:
-                    continue  # rolled back
-                self.after_step(record)
-        except KeyboardInterrupt:
-            self.log.event("interrupted", self.state.step)
-            self._save()
-            raise
-        finally:
-            self.log.close()
-        if not self._saved_at_current_step():
-            self._save()
+        resumed = self.checkpoint.resume()
+        status = "failed"
+        with Interrupt() as interrupt:
+            try:
+                for u in self.units:
+                    u.start(resumed)
+                if self.setup_notes:
+                    self.logging.event("setup", self.state.step, world_size=self.dist.world_size,
+                                       device=str(self.device), applied="; ".join(self.setup_notes))
+                if not resumed:  # step 0: a rollback target and a first held-out figure
+                    self._after(Step(number=0, tokens=0, batch_size=0, lr=0.0, last=False, sync=True,
+                                     record={"step": 0, "tokens": 0}))
+                status = "finished"
+                while self.state.step < t.max_steps:
+                    # checked before the step, so rerunning a run halted at N stays at N instead of training N+1
+                    if t.halt_at_step is not None and self.state.step >= t.halt_at_step:
+                        status = "halted"
+                        break
+                    if self._stop_requested(interrupt):
+                        status = "interrupted"
+                        break
+                    self.train_step()
+                if status == "finished" and self._stop_requested(interrupt):
+                    status = "interrupted"
+            except BaseException:  # an error, or the second Ctrl-C: stop now, keep the last checkpoint as it is
+                status = "failed"
+                raise
+            finally:
+                for u in self.units:
+                    u.finish(status)
+        if status == "interrupted":
+            self.logging.event("interrupted", self.state.step, checkpoint=str(self.checkpoint.last_saved))
+            raise KeyboardInterrupt
         summary = {"status": status, "step": self.state.step, "tokens": self.state.tokens,
                    "rollbacks": self.state.rollbacks, "elapsed_s": round(self.state.elapsed_s, 2),
                    "parameters": self.model.num_params(), "device": str(self.device),
-                   "world_size": self.dist.world_size, "checkpoint": str(self._last_saved)}
+                   "world_size": self.dist.world_size, "checkpoint": str(self.checkpoint.last_saved)}
         if self.dist.is_main:
             self.run.write_summary("train", summary)
         return summary
 
-    def train_step(self) -> dict | None:
-        """One optimiser step over a batch of micro-batches; None if it was a spike and we rolled back."""
-        t, seq = self.cfg.train, self.cfg.model.context_length
+    def _stop_requested(self, interrupt: Interrupt) -> bool:
+        """Every rank must stop at the same step, or the others hang in the next collective."""
+        if self.dist.world_size == 1:
+            return interrupt.requested
+        flag = torch.tensor(float(interrupt.requested), device=self.device)
+        return bool(self.dist.all_sum(flag) > 0)
+
+    def train_step(self) -> None:
+        """One optimiser step over a batch of micro-batches, then the units' after_step hooks."""
+        t, s = self.cfg.train, self.state
         start = time.perf_counter()
-        batch_size = self.batches.batch_size(self.state.tokens)
-        lr = lr_at(self.state.step, t) * self.batches.lr_scale(batch_size)
-        if self.state.step + 1 == t.inject_spike_at_step and not self.state.spike_injected:
-            # Testing aid: one wildly oversized update, the way real instabilities start; the loss of the
-            # next step spikes and the guard must roll back past this one.
-            lr, self.state.spike_injected = lr * 1000, True
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        n_micro = batch_size // t.micro_batch_size
+        number = s.step + 1
+        step = Step(number=number, tokens=s.tokens, batch_size=t.batch_size, lr=lr_at(s.step, t),
+                    last=number == t.max_steps or number == t.halt_at_step)
+        for u in self.units:
+            u.before_step(step)
+        source = next((src for u in self.units if (src := u.batch_source(step)) is not None), self.data)
+        set_lr(self.optimizer, step.lr)
+        n_micro = step.batch_size // t.micro_batch_size
         mine = self.dist.share(n_micro)  # this rank's micro-batches of the global batch
         total = torch.zeros((), device=self.device)
-        kd = self.distill is not None and self.distill.is_kd_step(self.state.step)
-        if kd:
-            self.distill.start_step()
         for i in mine:
-            x, y = self.distill.micro_batch(i) if kd else self.micro_batch(self.state.samples + i * t.micro_batch_size)
+            x, y = source.micro_batch(step, i)
             with self.autocast():
-                loss = (self.distill.loss if kd else self.compute_loss)(x, y)
+                loss = source.loss(x, y)
             (loss / len(mine)).backward()  # FSDP averages the gradients over the ranks
             total += loss.detach()
-        loss = self.dist.sum(total) / n_micro
+        loss = self.dist.all_sum(total) / n_micro
         grad_norm = clip_grad_norm(self.model, t.grad_clip)
-        reason = self.spike.check(loss, grad_norm)
-        if reason is not None:
-            self.rollback(reason)
-            return None
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.spike.accept(loss)
-        tokens = batch_size * seq
-        dt = time.perf_counter() - start
-        s = self.state
-        s.step, s.tokens, s.elapsed_s = s.step + 1, s.tokens + tokens, s.elapsed_s + dt
-        if kd:
-            s.kd_samples += batch_size
-        else:
-            s.samples += batch_size
-        record = {"step": s.step, "loss": loss, "lr": lr, "batch_size": batch_size, "tokens": s.tokens,
-                  "tokens_per_s": tokens / dt, "grad_norm": grad_norm, "elapsed_s": s.elapsed_s}
-        if self.dist.world_size > 1:
-            record["tokens_per_s_per_gpu"] = tokens / dt / self.dist.world_size
-        if self.peak_flops:
-            record["mfu"] = self.flops_per_token * tokens / dt / (self.peak_flops * self.dist.world_size)
-        if kd:
-            record.update(self.distill.record())
-        return record
+        source.consumed(step)
+        tokens = step.batch_size * self.cfg.model.context_length
+        s.step, s.tokens, s.elapsed_s = number, s.tokens + tokens, s.elapsed_s + time.perf_counter() - start
+        step.record.update(step=number, loss=loss, lr=step.lr, batch_size=step.batch_size, tokens=s.tokens,
+                           grad_norm=grad_norm, elapsed_s=s.elapsed_s)
+        self._after(step)
 
-    def micro_batch(self, first_sample: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._order.seed != self.state.data_seed:
-            self._order = ShuffledOrder(len(self.train_windows), self.state.data_seed)
-        idx = self._order.take(first_sample, self.cfg.train.micro_batch_size)
-        batch = torch.from_numpy(self.train_windows.batch(idx))
-        batch = batch.to(self.device, non_blocking=True)
-        return batch[:, :-1], batch[:, 1:]
-
-    def after_step(self, record: dict) -> None:
-        t, step = self.cfg.train, self.state.step
-        if self.val_windows is not None and ((t.eval_every and step % t.eval_every == 0) or step == t.max_steps):
-            record["val_bpb"] = self.evaluate()
-        if step % t.log_every == 0 or "val_bpb" in record or step == t.max_steps:
-            self.log.log(record)
-        if step % t.checkpoint_every == 0 or step == t.halt_at_step:
-            self._save()
-
-    # ------------------------------------------------------------------ units the loop calls
-
-    def evaluate(self) -> float:
-        t = self.cfg.train
-        return bits_per_byte(self.step_model, self.val_windows, self.token_bytes, t.eval_batches * t.micro_batch_size,
-                             t.micro_batch_size, self.device, self.autocast)
-
-    def rollback(self, reason: str) -> None:
-        """Back to the last good checkpoint with a new data order and dropout seed; capped."""
-        t = self.cfg.train
-        failed_step, count = self.state.step + 1, self.state.rollbacks + 1
-        if count > t.spike.max_rollbacks:
-            self.log.event("rollback_limit", failed_step, reason=reason, rollbacks=count - 1)
-            raise LokiError(f"loss spike at step {failed_step} ({reason}) after {count - 1} rollbacks "
-                            f"(train.spike.max_rollbacks={t.spike.max_rollbacks}); giving up. The last good "
-                            f"checkpoint is {self._last_saved}")
-        ckpt = self._latest()
-        if ckpt is None:
-            raise LokiError(f"loss spike at step {failed_step} ({reason}) and no checkpoint to roll back to")
-        injected = self.state.spike_injected
-        self._load(ckpt)
-        self.state.rollbacks, self.state.spike_injected = count, injected
-        self.state.data_seed = t.seed + 1000 * count
-        torch.manual_seed(t.seed + self.dist.rank + 7919 * count)  # new dropout masks too, still distinct per rank
-        self.optimizer.zero_grad(set_to_none=True)
-        self.log.rewind(ckpt.step)
-        self.log.event("rollback", failed_step, reason=reason, to_step=ckpt.step, rollbacks=count,
-                       new_data_seed=self.state.data_seed)
-
-    def _latest(self) -> Checkpoint | None:
-        """The newest valid checkpoint: rank 0 verifies the checksums and tells the others."""
-        return self.dist.from_main(lambda: latest_checkpoint(self.run.checkpoints))
-
-    def _resume(self) -> Checkpoint | None:
-        ckpt = self._latest()
-        if ckpt is None:
-            return None
-        saved_model = ckpt.state["config"]["model"]
-        if saved_model != to_dict(self.cfg.model):
-            changed = [k for k in saved_model if saved_model[k] != getattr(self.cfg.model, k, None)]
-            raise LokiError(f"{self.run.root} holds a checkpoint of a different model (model.{', model.'.join(changed)} "
-                            f"changed); use a new run_dir or restore those settings")
-        if ckpt.state.get("tokenizer_sha256") != self.tokenizer_sha256:
-            raise LokiError(f"{self.run.root} holds a checkpoint trained with a different tokenizer than "
-                            f"{self.run.tokenizer} (its data or settings changed since); use a new run_dir")
-        self._load(ckpt)
-        return ckpt
-
-    def _load(self, ckpt: Checkpoint) -> None:
-        dcp.load(ckpt, self.model, self.optimizer, self.dist)
-        self.state = TrainState(**ckpt.state["trainer"])
-        self.spike.load_state_dict(ckpt.state["spike"])
-        self._last_saved = ckpt.path
-
-    def _save(self) -> None:
-        state = {"step": self.state.step, "trainer": dataclasses.asdict(self.state),
-                 "spike": self.spike.state_dict(), "config": to_dict(self.cfg),
-                 "tokenizer_sha256": self.tokenizer_sha256}
-        self._last_saved = dcp.save(self.run.checkpoints, self.state.step, self.model, self.optimizer, state,
-                                    self.cfg.train.keep_checkpoints, self.dist, self.sharded_checkpoints)
-
-    def _saved_at_current_step(self) -> bool:
-        return getattr(self, "_last_saved", None) is not None and self._last_saved.name == f"step_{self.state.step:08d}"
+    def _after(self, step: Step) -> None:
+        for u in self.units:
+            u.after_step(step)
+            if self.state.step != step.number:
+                return  # a unit rewound the run (a rollback): this step no longer exists
 
 
-def train(cfg: Config) -> dict:
-    if env_rank() == 0:
-        RunDir(cfg).save_config()
+def train(cfg: Config, extra_units: Iterable[UnitFactory] = ()) -> dict:
+    """Train (or resume) the run of `cfg`. `extra_units`: factories of more units (tests, experiments)."""
     # Started here, not in Trainer, so the process group is closed even when Trainer(cfg) itself fails
     # (e.g. a missing teacher cache): a leaked group hangs or breaks the next one in this process.
     dist = init_distributed(cfg.train.device, cfg.train.fsdp)
     try:
-        return Trainer(cfg, dist).fit()
+        if dist.is_main:
+            RunDir(cfg).save_config()
+        return Trainer(cfg, dist, extra_units).fit()
     finally:
         dist.close()
+

@@ -1,0 +1,40 @@
+"""The run's training data as a unit: a shuffled, resumable walk over the training windows of the shards."""
+
+from __future__ import annotations
+
+import torch
+
+from lokilm.shards import ShuffledOrder, TokenWindows
+from lokilm.train.units import Step, Unit
+
+
+class TrainData(Unit):
+    """The default batch source. Its cursor (`samples`, windows consumed) and its shuffle seed are its state, so a
+    resumed run reads exactly the windows an unbroken one would; a rollback reshuffles (a new seed), so the run
+    does not walk straight back into the batch that made the loss spike."""
+    name = "data"
+
+    def __init__(self, windows: TokenWindows, micro_batch_size: int, seed: int, device: torch.device, loss_fn):
+        self.windows, self.micro, self.seed, self.device = windows, micro_batch_size, seed, device
+        self.loss = loss_fn  # the model's next-token loss on one micro-batch
+        self.samples, self.data_seed = 0, seed
+        self._order = ShuffledOrder(len(windows), seed)
+
+    def micro_batch(self, step: Step, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._order.seed != self.data_seed:
+            self._order = ShuffledOrder(len(self.windows), self.data_seed)
+        idx = self._order.take(self.samples + i * self.micro, self.micro)
+        batch = torch.from_numpy(self.windows.batch(idx)).to(self.device, non_blocking=True)
+        return batch[:, :-1], batch[:, 1:]
+
+    def consumed(self, step: Step) -> None:
+        self.samples += step.batch_size
+
+    def state_dict(self) -> dict:
+        return {"samples": self.samples, "data_seed": self.data_seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.samples, self.data_seed = int(state["samples"]), int(state["data_seed"])
+
+    def after_rollback(self, count: int) -> None:
+        self.data_seed = self.seed + 1000 * count

@@ -1,0 +1,31 @@
+"""Held-out bits per byte during training, as a unit: at step 0, every `train.eval_every` steps and at the end."""
+
+from __future__ import annotations
+
+from lokilm.eval.bpb import bits_per_byte
+from lokilm.train.units import Step, Unit
+
+
+class HeldOutEval(Unit):
+    name = "eval"
+
+    def __init__(self, model, windows, token_bytes, every: int, n_windows: int, batch_size: int, device, autocast,
+                 max_steps: int):
+        self.model, self.windows, self.token_bytes = model, windows, token_bytes
+        self.every, self.n_windows, self.batch_size = every, n_windows, batch_size
+        self.device, self.autocast, self.max_steps = device, autocast, max_steps
+
+    def _due(self, number: int) -> bool:
+        return (self.every and number % self.every == 0) or number == self.max_steps
+
+    def before_step(self, step: Step) -> None:
+        if self._due(step.number):
+            step.sync = True
+
+    def after_step(self, step: Step) -> None:
+        if self._due(step.number):
+            step.record["val_bpb"] = self.evaluate()
+
+    def evaluate(self) -> float:
+        return bits_per_byte(self.model, self.windows, self.token_bytes, self.n_windows, self.batch_size, self.device,
+                             self.autocast)
