@@ -63,7 +63,7 @@ def check_exportable(m: ModelConfig) -> None:
         raise LokiError(f"the export cannot reproduce {', '.join(extra)} (only the plain architecture is exported)")
 
 
-def _tokenizer_files(run: RunDir, out: Path, context: int) -> int:
+def _tokenizer_files(run: RunDir, out: Path, context: int) -> tuple[int, int]:
     """tokenizer.json with EOT put in front of every encoded text (lokilm documents start after EOT, so
     `AutoTokenizer` and lm-eval's `hf` backend feed the model what lokilm does), and tokenizer_config.json."""
     tok = load_tokenizer(run.tokenizer)
@@ -79,7 +79,7 @@ def _tokenizer_files(run: RunDir, out: Path, context: int) -> int:
         settings.update({k: theirs[k] for k in ("chat_template", "eos_token") if theirs.get(k)})
     (out / "tokenizer_config.json").write_text(json.dumps(settings, indent=1))
     (out / "special_tokens_map.json").write_text(json.dumps({k: settings[k] for k in ("bos_token", "eos_token", "pad_token")}))
-    return eot
+    return eot, tok.get_vocab_size()
 
 
 def export(run_dir: str | Path, out_dir: str | Path, step: int | None = None, dtype: str = "float32",
@@ -105,7 +105,7 @@ def export(run_dir: str | Path, out_dir: str | Path, step: int | None = None, dt
         check_exportable(m)
         folder = tmp / "model"
         folder.mkdir()
-        eot = _tokenizer_files(run, folder, m.context_length)
+        eot, n_tokens = _tokenizer_files(run, folder, m.context_length)
         tensors = {}
         for name, t in model.state_dict().items():
             if m.tie_embeddings and name == "head.weight":
@@ -127,8 +127,10 @@ def export(run_dir: str | Path, out_dir: str | Path, step: int | None = None, dt
         config["dtype"] = dtype
         config["lokilm"] = {"run_dir": str(run_dir), "step": ckpt.step}
         (folder / "config.json").write_text(json.dumps(config, indent=1))
-        (folder / "generation_config.json").write_text(json.dumps(
-            {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot, "max_length": m.context_length}, indent=1))
+        generation = {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot, "max_length": m.context_length}
+        if n_tokens < m.vocab_size:  # padded vocabulary rows no text maps to: lokilm never samples them
+            generation["suppress_tokens"] = list(range(n_tokens, m.vocab_size))
+        (folder / "generation_config.json").write_text(json.dumps(generation, indent=1))
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         folder.rename(out)
