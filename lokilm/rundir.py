@@ -75,6 +75,14 @@ class RunDir:
         return self.curate / "report.json"
 
     @property
+    def curate_report_md(self) -> Path:
+        return self.curate / "report.md"
+
+    @property
+    def curate_removals(self) -> Path:
+        return self.curate / "removals.jsonl"
+
+    @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 

@@ -14,6 +14,7 @@ from lokilm.curate.normalise import Normalise
 from lokilm.curate.pipeline import curate_stage
 from lokilm.data.benchmarks import load_arc_challenge, load_mmlu
 from lokilm.data.readers import iter_documents
+from lokilm.errors import LokiError
 
 NO_EMBEDDINGS = ["curate.classifier.enabled=false", "curate.semdedup.enabled=false", "curate.prototypes.enabled=false"]
 
@@ -235,3 +236,128 @@ def test_bundled_shakespeare_editions_report(tmp_path, cache):
     texts = [lzma.open(f"data/corpus/shakespeare/julius_caesar_{e}.txt.xz", "rt").read() for e in ("gut", "gut_f")]
     _, kept, removals = curate(tmp_path, cache, texts, "curate.heuristics.enabled=false")
     assert len(kept) == 2 and "minhash" not in removals
+
+
+# ---------------------------------------------------------------- reliability (issue 12, items 6, 7, 12)
+
+def test_a_run_killed_before_it_is_marked_done_is_not_skipped_on_rerun(tmp_path, cache, articles, monkeypatch):
+    """Killed after the report, before the "done" summary: the rerun finishes the run instead of skipping it."""
+    from lokilm.rundir import RunDir
+
+    write = RunDir.write_summary
+
+    def killed(self, stage, summary):
+        if summary.get("status") == "done":
+            raise KeyboardInterrupt
+        write(self, stage, summary)
+
+    monkeypatch.setattr(RunDir, "write_summary", killed)
+    with pytest.raises(KeyboardInterrupt):
+        curate(tmp_path, cache, articles[:4])
+    monkeypatch.undo()
+    report, kept, _ = curate(tmp_path, cache, articles[:4])
+    assert report["status"] == "done" and sorted(kept) == sorted(articles[:4])
+    assert curate(tmp_path, cache, articles[:4])[0]["status"] == "skipped (done)"
+
+
+def test_an_unbalanced_run_writes_no_report_and_is_not_taken_as_done(tmp_path, cache, articles, monkeypatch):
+    from lokilm.curate import report as report_module
+
+    lossy = report_module._removals
+    monkeypatch.setattr(report_module, "_removals", lambda work: {k: v[1:] for k, v in lossy(work).items()})
+    with pytest.raises(LokiError, match="does not balance"):
+        curate(tmp_path, cache, articles[:4] + [articles[0]])
+    root = tmp_path / "run" / "curate"
+    assert not (root / "report.json").exists() and not (root / "removals.jsonl").exists()
+    assert (root / "work" / "unbalanced.json").is_file()
+    with pytest.raises(LokiError, match="does not balance"):  # still not done: the rerun checks again
+        curate(tmp_path, cache, articles[:4] + [articles[0]])
+    monkeypatch.undo()
+    report, _, _ = curate(tmp_path, cache, articles[:4] + [articles[0]])
+    assert report["status"] == "done" and report["accounting"]["balanced"]
+
+
+def test_a_file_added_to_the_input_folder_reruns_curation(tmp_path, cache, articles):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in articles[:3]))
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"data.inputs=[{folder}]",
+                             f"curate.decontaminate.cache_dir={cache}", *NO_EMBEDDINGS])
+    assert curate_stage(cfg)["accounting"]["documents_in"] == 3
+    assert curate_stage(cfg)["status"] == "skipped (done)"
+    (folder / "b.jsonl").write_text(json.dumps({"text": articles[3]}) + "\n")
+    again = curate_stage(cfg)
+    assert again["status"] == "done" and again["accounting"]["documents_in"] == 4
+
+
+def test_a_curation_that_keeps_nothing_stops_with_a_clear_error(tmp_path, cache, capsys):
+    corpus = tmp_path / "stubs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"Stub article {i}."}) + "\n" for i in range(5)))
+    args = ["curate", "configs/tiny.yaml", f"run_dir={tmp_path}/run", f"data.inputs=[{corpus}]",
+            f"curate.decontaminate.cache_dir={cache}", *NO_EMBEDDINGS]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "loki: error: curation kept none of the 5 documents" in err and "heuristics 5" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run/curate/report.json").exists()  # so `loki tokenize` says: no finished curation
+    assert (tmp_path / "run/curate/report.md").is_file()  # ...and the report says why
+    assert main(args) == 2  # not done: the rerun says it again
+
+
+def test_bad_curate_settings_are_refused(tmp_path, capsys):
+    assert main(["curate", "configs/tiny.yaml", f"run_dir={tmp_path}", "data.inputs=[data/corpus/shakespeare]",
+                 "curate.prototypes.keep_fraction=0"]) == 2
+    assert "curate.prototypes.keep_fraction must be in (0, 1]" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- decontamination per benchmark (issue 16)
+
+def test_decontamination_report_by_benchmark(tmp_path, cache, articles):
+    arc = load_arc_challenge()[0]["question"]
+    mmlu = next(q for r in load_mmlu() if len((q := r["question"]).split()) > 20 and "{" not in q)
+    docs = [articles[0] + "\n\n" + arc, mmlu + "\n\n" + articles[1], articles[2] + "\n\n" + arc, articles[3]]
+    report, _, _ = curate(tmp_path, cache, docs)
+    by = report["decontaminate"]["by_benchmark"]
+    assert set(by) == {"arc_challenge", "mmlu"}
+    assert by["arc_challenge"]["documents_dropped"] == 2 and by["mmlu"]["documents_dropped"] == 1
+    assert by["mmlu"]["bytes"] == len(docs[1].encode())
+    assert all(e["ngram"].lower() in " ".join(arc.split()).lower() for e in by["arc_challenge"]["examples"])
+    page = (tmp_path / "run/curate/report.md").read_text()
+    assert "## Benchmark contamination" in page and "| arc_challenge | 2 | 0 |" in page
+    cut, _, _ = curate(tmp_path, cache, docs[:1], "curate.decontaminate.mode=cut", name="cut")
+    assert cut["decontaminate"]["by_benchmark"]["arc_challenge"]["documents_cut"] == 1
+
+
+# ---------------------------------------------------------------- prototype pruning per cluster / source (issue 16)
+
+def test_prototype_pruning_per_source_keeps_each_sources_share():
+    """Books in a tight cluster, articles spread out: one global cutoff drops mostly books; per source (and per
+    cluster) each keeps its share."""
+    import numpy as np
+    from datatrove.data import Document
+
+    from lokilm.curate.prototypes import PrototypePrune, source_of
+
+    rng = np.random.default_rng(0)
+
+    def unit(v):
+        return v / np.linalg.norm(v)
+
+    centre = unit(rng.normal(size=16))
+    docs = [Document(text="b", id=f"b{i}", metadata={"source": f"corpus/books/{i}.txt",
+                                                       "embedding": unit(centre + 0.05 * rng.normal(size=16))})
+            for i in range(20)]
+    docs += [Document(text="a", id=f"a{i}", metadata={"source": f"corpus/wiki/w{i // 10}.jsonl",
+                                                        "embedding": unit(rng.normal(size=16))}) for i in range(20)]
+    assert source_of("corpus/books/3.txt", ["corpus"]) == "corpus/books"
+    assert source_of("corpus/books/3.txt", ["corpus/books"]) == "corpus/books"
+
+    def kept(per, clusters=1):
+        keep = PrototypePrune(0.5, clusters, 0, None, per, ["corpus"]).decide(docs)[0]
+        return sum(keep[:20]), sum(keep[20:])
+
+    books, articles = kept("global")
+    assert books < 3 and articles > 17  # the tight books are the "easy" examples a global cutoff drops
+    assert kept("source") == (10, 10)
+    books, articles = kept("cluster", clusters=2)
+    assert books + articles == 20 and books >= 5

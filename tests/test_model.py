@@ -37,7 +37,7 @@ def with_attention(model: Transformer, backend: str) -> Transformer:
     return other
 
 
-POSITIONS = ["alibi", "rope", "learned"]
+POSITIONS = ["alibi", "rope", "learned", "sincos", "none"]
 KV_HEADS = [None, 2]  # multi-head, and grouped-query with 3 query heads per key/value head
 
 
@@ -202,9 +202,14 @@ PRESET_PARAMS = {
     "curate-full": 1_377_408,  # a curation config over tiny
     "distill-experiment": 725_664,  # the KD experiment's student
     "distill-seq-experiment": 3_443_136,  # the sequence-mode KD experiment's student
-    "stlm-10m": 10_490_112,
-    "stlm-50m": 59_821_056,
-    "stlm-100m": 109_529_856,
+    # the STLM presets: RoPE and grouped-query attention, 4 key/value heads (the STLM repository's baseline)
+    "stlm-10m": 9_965_824,
+    "stlm-50m": 55_888_896,
+    "stlm-100m": 100_092_672,
+    "stlm-ffn-sharing": 4_706_560,
+    "stlm-block-sharing": 3_441_408,
+    "stlm-byte": 9_058_304,
+    "stlm-early-exit": 9_965_824,  # early exit adds losses, not weights
     "lokilm-1.4b": 1_402_046_464,
 }
 

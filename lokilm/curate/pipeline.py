@@ -43,6 +43,8 @@ from lokilm.curate.normalise import Normalise
 from lokilm.curate.reader import LokiReader, SizeLimit, read_report, reading_order_priority
 from lokilm.curate.report import write_report
 from lokilm.data.readers import DataError
+from lokilm.errors import LokiError
+from lokilm.fileio import fingerprint
 from lokilm.rundir import RunDir
 
 
@@ -69,45 +71,71 @@ def curated_record(writer, doc: Document) -> dict:
 
 
 def curate_stage(cfg: Config) -> dict:
-    """Run the pipeline into run_dir/curate/ (skipped when done with the same settings; an interrupted run with the
-    same settings goes on from its unfinished tasks); return the summary."""
+    """Run the pipeline into run_dir/curate/ and return the summary. Skipped when done on the same input content and
+    settings; an interrupted run on the same inputs goes on from its unfinished tasks. The summary says "done" only
+    once the report is written and its accounting balances, so a killed or failed run is never taken as done."""
     run, c = RunDir(cfg), cfg.curate
-    root = run.root / "curate"
     for path in cfg.data.inputs:
         if not Path(path).exists():
             raise DataError(f"input path does not exist: {path}")
-    # where, and how many at once, the tasks run does not change the output; the number of tasks names the files
-    wanted = {"inputs": cfg.data.inputs, "text_field": cfg.data.text_field,
+    _validate(c)
+    # keyed by the inputs' content (adding a file re-runs, a moved corpus does not); where, and how many at once,
+    # the tasks run does not change the output; the number of tasks names the files
+    wanted = {"data": fingerprint(cfg.data.inputs), "text_field": cfg.data.text_field,
               "curate": {**asdict(c), "executor": {"tasks": c.executor.tasks}}}
-    done = run.read_summary("curate")
-    if done and done.get("settings") == wanted and (root / "report.json").is_file():
-        return {**done, "status": "skipped (done)"}
-    if root.exists() and not (done and done.get("settings") == wanted):
-        shutil.rmtree(root)  # settings changed: nothing from an earlier run may leak into this one
+    done = run.finished("curate", wanted, run.curate_report, run.curated)
+    if done:
+        return done
+    previous = run.read_summary("curate")
+    if run.curate.exists() and not (previous and previous.get("inputs") == wanted):
+        shutil.rmtree(run.curate)  # other inputs or settings: nothing from an earlier run may leak into this one
+    for stale in (run.curate_report, run.curate_report_md, run.curate_removals):
+        stale.unlink(missing_ok=True)  # a report exists only for a run whose accounting balanced
     _quiet_datatrove()
-    phases = build_phases(cfg, root / "work")
+    work = run.curate_work
+    phases = build_phases(cfg, work)
     if c.executor.kind == "slurm":
-        _submit_slurm(phases, c, root / "work")
-        summary = {"status": "submitted to slurm", "settings": wanted, "work": str(root / "work")}
+        _submit_slurm(phases, c, work)
+        summary = {"status": "submitted to slurm", "inputs": wanted, "work": str(work)}
         run.write_summary("curate", summary)
         return summary
-    run.write_summary("curate", {"status": "running", "settings": wanted})  # run again, an interrupted run resumes
+    run.write_summary("curate", {"status": "running", "inputs": wanted})  # run again, an interrupted run resumes
     start, timings = time.time(), {}
     for name, pipeline, tasks in phases:
-        t0, logs = time.time(), root / "work" / "logs" / name
+        t0, logs = time.time(), work / "logs" / name
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / "console.log", "w") as console, contextlib.redirect_stderr(console):
             _executor(c.executor, pipeline, tasks, logs).run()  # datatrove's chatty logs go to the file
         timings[name] = round(time.time() - t0, 2)
         print(f"curate: {name} done in {timings[name]:.1f} s", flush=True)
         if name == "filter":
-            _, error = read_report(root / "work" / "read")
+            _, error = read_report(work / "read")
             if error:
                 raise DataError(error)
-    summary = write_report(root, cfg, timings, round(time.time() - start, 2))
-    summary = {"status": "done", "settings": wanted, **summary}
+    summary = write_report(run, cfg, timings, round(time.time() - start, 2))  # raises if it does not balance
+    a = summary["accounting"]
+    if a["kept"] == 0:
+        removed = ", ".join(f"{s['stage']} {sum(s['removed'].values()):,}" for s in summary["stages"] if s["removed"])
+        raise LokiError(f"curation kept none of the {a['documents_in']:,} documents read (removed by: "
+                        f"{removed or 'nothing'}); there is nothing to train on. See {run.curate_report_md} for "
+                        "examples, and loosen the stage that removed them")
+    summary = {"status": "done", "inputs": wanted, **summary}
     run.write_summary("curate", summary)
     return summary
+
+
+def _validate(c) -> None:
+    """Values that would crash deep in a worker or silently keep nothing."""
+    checks = [(c.heuristics.min_doc_words is None or c.heuristics.min_doc_words >= 1, "curate.heuristics.min_doc_words",
+               "must be >= 1 (datatrove's rule divides by the word count)"),
+              (0 < c.prototypes.keep_fraction <= 1, "curate.prototypes.keep_fraction", "must be in (0, 1]"),
+              (c.decontaminate.n >= 1, "curate.decontaminate.n", "must be >= 1"),
+              (c.executor.tasks >= 1 and c.executor.workers >= 1, "curate.executor.tasks",
+               "tasks and workers must be >= 1"),
+              (c.read.max_doc_bytes > 0, "curate.read.max_doc_bytes", "must be positive")]
+    for ok, key, message in checks:
+        if not ok:
+            raise LokiError(f"{key} {message}")
 
 
 def build_phases(cfg: Config, work: Path) -> list[tuple[str, list, int]]:
@@ -157,12 +185,12 @@ def build_phases(cfg: Config, work: Path) -> list[tuple[str, list, int]]:
         steps += _embedding_steps(cfg, removed)
     if c.decontaminate.enabled:
         d = c.decontaminate
-        steps += [_decontaminate(d, removed), Tally("decontaminate")]
+        steps += [_decontaminate(d, removed, str(work / "decontaminate")), Tally("decontaminate")]
     if c.facts.enabled:
         from lokilm.curate.facts import FactPruner
 
         steps += [FactPruner(), Tally("facts")]
-    steps += [JsonlWriter(str(work.parent / "output"), output_filename="${rank}.jsonl", compression=None,
+    steps += [JsonlWriter(str(RunDir(cfg).curated), output_filename="${rank}.jsonl", compression=None,
                           adapter=curated_record)]
     phases.append((current, steps, 1 if embedding else tasks))
     return phases
@@ -190,16 +218,16 @@ def _embedding_steps(cfg: Config, removed: str) -> list:
 
         p = c.prototypes
         dropped = removals_writer(removed, "prototypes", "prototype_pruned")
-        steps += [PrototypePrune(p.keep_fraction, p.clusters, p.seed, dropped),
+        steps += [PrototypePrune(p.keep_fraction, p.clusters, p.seed, dropped, p.per, cfg.data.inputs),
                   Tally("prototypes")]
     return steps
 
 
-def _decontaminate(d, removed: str):
+def _decontaminate(d, removed: str, hits: str):
     from lokilm.curate.decontaminate import Decontaminate
 
     dropped = removals_writer(removed, "decontaminate", "benchmark_overlap")
-    return Decontaminate(d.n, d.mode, d.benchmarks, d.cache_dir, dropped)
+    return Decontaminate(d.n, d.mode, d.benchmarks, d.cache_dir, dropped, hits)
 
 
 def _executor(e, pipeline: list, tasks: int, logging_dir: Path):

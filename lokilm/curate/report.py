@@ -60,47 +60,57 @@ def _removals(work: Path) -> dict[str, list[dict]]:
     return by_stage
 
 
-def write_report(root: Path, cfg, timings: dict, seconds_total: float) -> dict:
-    work = root / "work"
+def write_report(run, cfg, timings: dict, seconds_total: float) -> dict:
+    """Balance the accounting, then write removals.jsonl, report.md and (when a document was kept) report.json;
+    return the summary. When it does not balance, none of them is written (the figures go to work/unbalanced.json)
+    and a LokiError says why."""
+    work = run.curate_work
     read, _ = read_report(work / "read")
     counts, seconds, edits = _phase_stats(work, timings)
     removals = _removals(work)
-    stages, problems = [], []
+    stages, problems, records = [], [], []
     previous = counts["input"]
     order = [s for s in ("read", "normalise", "heuristics", "exact_dedup", "minhash", "embed", "classifier", "semdedup",
                          "prototypes", "decontaminate", "facts") if s in counts]
-    with open(root / "removals.jsonl", "w") as out:
-        for name in order:
-            now, removed = counts[name], removals.get(name, [])
-            out.writelines(json.dumps({k: r[k] for k in ("id", "stage", "reason", "detail", "bytes")}) + "\n" for r in removed)
-            reasons: dict[str, int] = {}
-            for r in removed:
-                reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-            examples: dict[str, list] = {}
-            for r in removed:
-                if len(examples.setdefault(r["reason"], [])) < EXAMPLES:
-                    examples[r["reason"]].append({k: r[k] for k in ("id", "detail", "excerpt")})
-            secs = seconds.get(name, 0.0)
-            stage = {"stage": name, "documents_in": previous["documents"], "documents_out": now["documents"],
-                     "bytes_in": previous["bytes"], "bytes_out": now["bytes"], "removed": reasons,
-                     "seconds": secs, "mb_per_s": round(previous["bytes"] / 1e6 / secs, 2) if secs > 0 else None,
-                     "edited": edits.get(name, {}), "examples": examples}
-            if previous["documents"] - now["documents"] != len(removed):
-                problems.append(f"{name}: {previous['documents']} in, {now['documents']} out, but {len(removed)} removals recorded")
-            stages.append(stage)
-            previous = now
+    for name in order:
+        now, removed = counts[name], removals.get(name, [])
+        records.extend(json.dumps({k: r[k] for k in ("id", "stage", "reason", "detail", "bytes")}) + "\n" for r in removed)
+        reasons: dict[str, int] = {}
+        for r in removed:
+            reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+        examples: dict[str, list] = {}
+        for r in removed:
+            if len(examples.setdefault(r["reason"], [])) < EXAMPLES:
+                examples[r["reason"]].append({k: r[k] for k in ("id", "detail", "excerpt")})
+        secs = seconds.get(name, 0.0)
+        stage = {"stage": name, "documents_in": previous["documents"], "documents_out": now["documents"],
+                 "bytes_in": previous["bytes"], "bytes_out": now["bytes"], "removed": reasons,
+                 "seconds": secs, "mb_per_s": round(previous["bytes"] / 1e6 / secs, 2) if secs > 0 else None,
+                 "edited": edits.get(name, {}), "examples": examples}
+        if previous["documents"] - now["documents"] != len(removed):
+            problems.append(f"{name}: {previous['documents']} in, {now['documents']} out, but {len(removed)} removals recorded")
+        stages.append(stage)
+        previous = now
     kept = previous["documents"]
     removed_total = sum(len(v) for v in removals.values())
     accounting = {"documents_in": counts["input"]["documents"], "kept": kept, "removed": removed_total,
                   "balanced": counts["input"]["documents"] == kept + removed_total and not problems,
                   "reader_skipped": read["skipped"], "reader_repaired": read["repaired"]}
     summary = {"seconds": seconds_total, "phase_seconds": timings, "write_seconds": seconds.get("write", 0.0),
-               "accounting": accounting, "output": str(root / "output"), "bytes_out": previous["bytes"],
+               "accounting": accounting, "output": str(run.curated), "bytes_out": previous["bytes"],
                "read": read, "stages": stages}
-    write_json(root / "report.json", summary)
-    (root / "report.md").write_text(_markdown(summary))
+    if "decontaminate" in counts:
+        from lokilm.curate.decontaminate import read_hits
+
+        summary["decontaminate"] = {"by_benchmark": read_hits(work / "decontaminate")}
     if not accounting["balanced"]:
-        raise LokiError(f"curation accounting does not balance ({'; '.join(problems) or accounting}); see {root}/report.json")
+        write_json(work / "unbalanced.json", summary)
+        raise LokiError(f"curation accounting does not balance ({'; '.join(problems) or accounting}); the figures are "
+                        f"in {work / 'unbalanced.json'}")
+    run.curate_removals.write_text("".join(records))
+    run.curate_report_md.write_text(_markdown(summary))
+    if kept:  # last: report.json marks a finished curation with something in it, which `loki tokenize` reads
+        write_json(run.curate_report, summary)
     return summary
 
 
@@ -125,6 +135,7 @@ def _markdown(s: dict) -> str:
             reasons += " (edited: " + ", ".join(f"{k} {v:,}" for k, v in st["edited"].items()) + ")"
         lines.append(f"| {st['stage']} | {st['documents_in']:,} | {st['documents_out']:,} | {_mb(st['bytes_in'])} | "
                      f"{_mb(st['bytes_out'])} | {st['seconds']:.1f} | {st['mb_per_s'] or '-'} | {reasons} |")
+    lines += _decontamination_markdown(s.get("decontaminate"))
     lines += ["", f"Writing the output took {s['write_seconds']:.1f} s. Stage times are the time spent in the stage's own "
               "steps (dedup: including its signature, index and intermediate files), summed over a phase's parallel "
               "tasks; wall time per phase: " + ", ".join(f"{k} {v:.1f} s" for k, v in s["phase_seconds"].items()) + ".",
@@ -137,3 +148,19 @@ def _markdown(s: dict) -> str:
                 lines.append(f"- `{e['id']}`{' (' + e['detail'] + ')' if e['detail'] else ''}: {excerpt}...")
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _decontamination_markdown(d: dict | None) -> list[str]:
+    if d is None:
+        return []
+    lines = ["", "## Benchmark contamination", ""]
+    if not d["by_benchmark"]:
+        return lines + ["No document shares an n-gram with a benchmark."]
+    lines += ["A document matching two benchmarks counts for both. Bytes: a dropped document's, or those cut from it.",
+              "", "| benchmark | documents dropped | documents cut | MB | example matched n-gram |", "|---|---:|---:|---:|---|"]
+    for name, b in d["by_benchmark"].items():
+        example = b["examples"][0] if b["examples"] else {"id": "", "ngram": ""}
+        ngram = example["ngram"][:100].replace("|", "\\|")
+        lines.append(f"| {name} | {b['documents_dropped']:,} | {b['documents_cut']:,} | {_mb(b['bytes'])} | "
+                     f"\"{ngram}\" (`{example['id']}`) |")
+    return lines

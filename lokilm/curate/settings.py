@@ -24,6 +24,7 @@ class HeuristicsSettings:
     C4 curly-bracket rule (meant for code in web pages, it dropped 25 Gutenberg books and 6 plays, 13 MB of
     the shared corpus, for a single "{" each)."""
     enabled: bool = True
+    engine: Literal["lokilm", "datatrove"] = "lokilm"  # lokilm's fast filters, or datatrove's: the same decisions
     gopher_quality: bool = True
     min_doc_words: int = 50
     max_doc_words: int | None = None
@@ -86,7 +87,10 @@ class SemDedupSettings:
 @dataclass
 class PrototypeSettings:
     enabled: bool = False  # pruning pays off only when data is plentiful
-    keep_fraction: float = 0.8  # keep this share of documents, the farthest from their cluster centroid
+    keep_fraction: float = 0.8  # keep this share of documents, the farthest from their cluster centroid...
+    # ...of all documents at once (global), of each k-means cluster, or of each source (an input folder's
+    # subfolder, e.g. gutenberg/ and wikipedia/ under data/corpus; clustered on its own), so each kind keeps its share
+    per: Literal["global", "cluster", "source"] = "source"
     clusters: int = 0  # 0: about sqrt(documents / 2)
     seed: int = 0
 

@@ -1,4 +1,4 @@
-"""Causal attention kernels (reference, SDPA, FlexAttention) and the position schemes they use: ALiBi, RoPE.
+"""Causal attention kernels (reference, SDPA, FlexAttention) and the position schemes: ALiBi, RoPE, sinusoids.
 
 Every kernel takes q of shape (B, n_head, T, head_dim) and k, v of shape (B, n_kv_head, S, head_dim) with
 S >= T: the queries are the last T of the S positions (S > T when decoding with a KV cache).
@@ -40,6 +40,13 @@ def rope_cos_sin(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
     angles = positions.float()[:, None] * inv_freq[None, :]
     return angles.cos(), angles.sin()
+
+
+def sincos_embedding(positions: Tensor, dim: int, base: float = 10000.0) -> Tensor:
+    """The fixed sinusoidal position table of Vaswani et al. (2017), (T, dim): sin in even, cos in odd channels."""
+    inv_freq = base ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
