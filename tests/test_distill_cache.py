@@ -240,16 +240,19 @@ def test_a_changed_tokenizer_or_shards_invalidate_the_cache(make_cfg, tmp_path, 
 def _benchmark_sentence():
     from lokilm.data.benchmarks import decontamination_texts
 
-    return next(t for _, _, t in decontamination_texts(None) if 14 <= len(t.split()) <= 18)
+    return next((b, t) for b, _, t in decontamination_texts(None) if 14 <= len(t.split()) <= 18)
 
 
 def test_planted_benchmark_sentence_is_detected_and_regenerated(make_cfg, tmp_path, teacher_run):
     teacher = load_teacher(TeacherSettings(name="tiny", kind="lokilm", path=str(teacher_run)))
     cfg = _distill_cfg(make_cfg, tmp_path, teacher_run, "distill.cache_sequences=2")
-    sentence = _benchmark_sentence()
+    benchmark, sentence = _benchmark_sentence()
     planted = Recording(teacher, plant=(sentence, lambda r: r.calls == 1))
     summary = generate_stage(cfg, progress=False, teachers={"tiny": planted})["teachers"]["tiny"]
     assert summary["contaminated_hits"] == 1 and summary["regenerated"] == 1 and summary["generated"] == 2
+    hits = summary["contaminated_by_benchmark"]  # which benchmark the teacher copied, with the n-gram
+    assert list(hits) == [benchmark] and hits[benchmark]["documents_dropped"] == 1
+    assert hits[benchmark]["examples"][0]["ngram"].lower() in " ".join(sentence.split()).lower()
     assert planted.calls == 2 and planted.seeds[1] == planted.seeds[0] + 1  # only the hit row, with the next seed
     assert planted.prompts[2] == planted.prompts[0]
     cache = _open(cfg)
@@ -262,7 +265,7 @@ def test_a_teacher_whose_outputs_are_all_contaminated_is_an_error(make_cfg, tmp_
     teacher = load_teacher(TeacherSettings(name="tiny", kind="lokilm", path=str(teacher_run)))
     cfg = _distill_cfg(make_cfg, tmp_path, teacher_run, "distill.cache_sequences=2", "distill.max_regenerations=1",
                        "distill.gen_batch_size=1")
-    always = Recording(teacher, plant=(_benchmark_sentence(), lambda r: True))
+    always = Recording(teacher, plant=(_benchmark_sentence()[1], lambda r: True))
     with pytest.raises(CacheError, match="teacher 'tiny': none of its 2 continuations.*2 contaminated"):
         generate_stage(cfg, progress=False, teachers={"tiny": always})
     assert always.calls == 4  # each window: the first try and one regeneration

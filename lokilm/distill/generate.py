@@ -64,6 +64,9 @@ class Continuer:
     def __init__(self, teacher: Teacher, tok, tail: int, cfg: Config, index=None):
         self.teacher, self.tok, self.tail, self.d, self.index = teacher, tok, tail, cfg.distill, index
         self.contaminated_hits = 0
+        from lokilm.curate.decontaminate import BenchmarkHits
+
+        self.hits = BenchmarkHits()  # per benchmark: continuations rejected, their bytes, matched n-grams
         self._student, self._teacher = 0, 0  # tokens of all continuations so far, in either tokenizer
 
     @property
@@ -81,7 +84,10 @@ class Continuer:
         if self.index is None:
             return False
         context = prompt[-2000:]
-        return any(end > len(context) for _, end in self.index.spans(context + text))
+        found = [m for m in self.index.matches(context + text) if m[1] > len(context)]
+        if found:
+            self.hits.add(f"continuation {self.contaminated_hits}", context + text, found, "dropped", len(text.encode()))
+        return bool(found)
 
     def run(self, prompts: list[str], seed: int) -> list[tuple[np.ndarray, int, int, str | None]]:
         """Per prompt: (student tokens, seed used, regenerations, None | "contaminated" | "empty")."""
@@ -194,7 +200,8 @@ def _fill(cfg, settings, name, teacher, tok, windows, plan, base_meta, index, re
                      "teacher_tokens": teacher_tokens,
                      "student_tokens_per_s": round(student_tokens / gen_s, 2) if gen_s else None,
                      "teacher_tokens_per_s": round(teacher_tokens / gen_s, 2) if gen_s and teacher_tokens else None,
-                     "contaminated_hits": cont.contaminated_hits if cont else 0}
+                     "contaminated_hits": cont.contaminated_hits if cont else 0,
+                     "contaminated_by_benchmark": cont.hits.to_dict() if cont else {}}
         if kept:
             # How much of the tail the continuations fill (1.0: all of it): the check on max_new_tokens
             run_stats["tail_fill"] = round(student_tokens / (tail * kept), 3)
