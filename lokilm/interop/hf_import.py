@@ -10,15 +10,18 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from lokilm.checkpoint.single import save_checkpoint
 from lokilm.config import Config, to_dict
 from lokilm.errors import LokiError
 from lokilm.fileio import sha256_file
-from lokilm.interop.export import chat_template_file
+from lokilm.interop.export import EXPORTED_FIELDS, chat_template_file
 from lokilm.interop.llama import from_llama_name, model_config_from_llama
 from lokilm.model import Transformer
+from lokilm.model.config import ModelConfig
 from lokilm.rundir import RunDir
 from lokilm.tokenizer import EOT
 
@@ -104,6 +107,21 @@ def llama_to_lokilm(hf, config: dict, source: str) -> Transformer:
     return model.eval()
 
 
+def _lokilm_export(source: Path, config: dict) -> Transformer:
+    """A folder `loki export` wrote with LokiLM remote code: its config and weights are lokilm's own, read
+    directly (so importing it never runs the folder's Python file)."""
+    m = ModelConfig(**{k: config[k] for k in EXPORTED_FIELDS if k in config})
+    m.tie_embeddings = bool(config.get("tie_word_embeddings", False))
+    model = Transformer(m)
+    try:
+        state = {k: t.to(torch.float32) for k, t in load_file(str(source / "model.safetensors")).items()}
+        model.load_state_dict(state, strict=not m.tie_embeddings)
+    except (OSError, RuntimeError, SafetensorError) as e:
+        raise LokiError(f"{source}/model.safetensors does not hold this model's weights ({str(e).splitlines()[0][:200]})") from None
+    model.tie_weights()
+    return model.eval()
+
+
 def import_model(source: str | Path, run_dir: str | Path, force: bool = False) -> RunDir:
     """Import a Hugging Face Llama-family folder or GGUF file into a new run directory."""
     source, out = Path(source), Path(run_dir)
@@ -111,8 +129,19 @@ def import_model(source: str | Path, run_dir: str | Path, force: bool = False) -
         if not force:
             raise LokiError(f"{out} already exists; pass --force to overwrite it")
         shutil.rmtree(out)
-    hf, config, tok = _load_hf(source)
-    model = llama_to_lokilm(hf, config, str(source))
+    config_file = source / "config.json"
+    config = json.loads(config_file.read_text()) if source.is_dir() and config_file.is_file() else {}
+    if config.get("model_type") == "lokilm":
+        from transformers import PreTrainedTokenizerFast
+
+        model = _lokilm_export(source, config)
+        settings_file = source / "tokenizer_config.json"
+        settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+        tok = PreTrainedTokenizerFast(tokenizer_file=str(source / "tokenizer.json"),
+                                      **{k: settings[k] for k in TOKENIZER_SETTINGS if settings.get(k)})
+    else:
+        hf, config, tok = _load_hf(source)
+        model = llama_to_lokilm(hf, config, str(source))
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is None:
         raise LokiError(f"{source}: its tokenizer ({type(tok).__name__}) has no tokenizers-library form; lokilm "
