@@ -22,13 +22,18 @@ rest still run. Rows that would start after --budget-s seconds are recorded as s
 after every row, so a killed run leaves what it measured. The micro-batch search doubles from the preset's value
 while the step gets faster by at least 3% and the memory extrapolated from the last trial fits; it stops at an OOM.
 
-Here, once: the device machine has torch (2.11) but not torchao and no network, so torchao travels as a wheel:
+The device machine is bare and offline: its python3 has torch (2.11, CUDA 13) but not torchao, and `pip install
+-e .` cannot fetch lokilm's other dependencies there. None is needed: this script imports only torch, torchao,
+numpy, yaml and lokilm from the checkout (it puts the repository on sys.path itself). So torchao travels as a
+wheel (3.4 MB; torchao 0.18 supports torch >= 2.11). Here, once, from the repository root (.whl/ is git-ignored):
     .venv/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 -d .whl torchao==0.18.0
-On the device machine (device tool `run`, carry [".whl"], timeout_s 560, so a rerun still fits in 15 minutes):
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/torchao-*.whl && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --out $OUT
-then copy the JSON from the reply's files_at into benchmarks/results/. A rerun of what failed or was skipped:
-add e.g. `--only checkpointing gpu_hours`. Rehearsal on the CPU (tiny shapes, FP8/int8 refused as on a CPU):
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 -d .whl torchao==0.18.0
+On the device machine (device tool `run` with carry [".whl"] and timeout_s 540: with the machine's start that
+leaves about 4 minutes of the 15 for one rerun, which must follow at once, while the machine is warm):
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/torchao-*.whl && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --out $OUT 2>&1 | tee $OUT/gpu_check.log
+then copy the JSON from the reply's files_at into benchmarks/results/ and summarise it in docs/LOG.md. A rerun of
+what failed or was skipped names its groups, e.g. `--only checkpointing gpu_hours --budget-s 150`. Rehearsal on
+a CPU (tiny shapes; the FP8 and int8 rows record that they need a GPU):
     .venv/bin/python benchmarks/gpu_check.py --dry-run --out /tmp/gpu-check
 """
 
@@ -57,6 +62,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # runs from a bare checkou
 import torch  # noqa: E402
 
 from lokilm.config import load_config  # noqa: E402
+from lokilm.errors import LokiError  # noqa: E402
 from lokilm.fileio import write_json  # noqa: E402
 from lokilm.model import Transformer  # noqa: E402
 from lokilm.model.attention import alibi_slopes, apply_rope, make_attention, rope_cos_sin  # noqa: E402
@@ -611,8 +617,11 @@ def meta(device: torch.device, args: argparse.Namespace, budget_s: float) -> dic
         info["torchao"] = torchao.__version__
     except Exception as e:  # noqa: BLE001 -- recorded; the 8-bit rows will say what failed
         info["torchao"] = f"not importable: {describe(e)}"
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
-    info["commit"] = git.stdout.strip() or None  # the device machine's copy has no .git
+    try:  # the device machine's copy of the tree has no .git, and may have no git
+        git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+        info["commit"] = git.stdout.strip() or None
+    except OSError:
+        info["commit"] = None
     return info
 
 
@@ -634,11 +643,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+        today = datetime.datetime.now(datetime.timezone.utc).date()
+        path = output_path(args.out, gpu_name(device), args.dry_run, today)
+        report = Report(path, meta(device, args, args.budget_s), args.budget_s)
+        report.write()  # an unwritable --out fails now, not after the first measurement
+    except (LokiError, OSError) as e:
+        print(f"gpu_check: error: {e}", file=sys.stderr)
+        return 2
     plan = DRY_RUN if args.dry_run else Plan()
     groups = set(args.only or GROUPS) - set(args.skip)
-    path = output_path(args.out, gpu_name(device), args.dry_run, datetime.datetime.now(datetime.timezone.utc).date())
-    report = Report(path, meta(device, args, args.budget_s), args.budget_s)
     print(f"gpu_check: {report.meta['gpu']}, torch {torch.__version__}, torchao {report.meta['torchao']}; "
           f"groups {', '.join(g for g in GROUPS if g in groups)}; budget {args.budget_s:.0f} s; writing {path}",
           flush=True)
@@ -648,7 +663,6 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        report.write()
         run_all(report, device, plan, groups, args.run_tokens, args.gpus)
         report.finished = True
     except Interrupted:
