@@ -97,3 +97,24 @@ def test_weight_shared_models_are_refused_by_name(tmp_path, small_tokenizer):
     with pytest.raises(LokiError, match="model.share='ffn'"):
         export(tmp_path / "run", tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("position", ["rope", "alibi"])
+def test_lm_eval_hf_backend_on_the_export_scores_like_loki_eval(tmp_path, small_tokenizer, one_thread, position):
+    """lm-eval's own `hf` model on the exported folder and lokilm's adapter, on the same task YAMLs: the same
+    per-item log-likelihoods and the same accuracies (ARC-C; Winogrande scores one continuation after two
+    different contexts)."""
+    from lm_eval.models.huggingface import HFLM
+
+    from lokilm.eval.harness import LokiLM
+    from lokilm.eval.suite import run_preset
+
+    model = tiny_run(tmp_path / "run", small_tokenizer, position=position, vocab_size=512)
+    out = export(tmp_path / "run", tmp_path / "hf")
+    ours = run_preset(LokiLM(model, small_tokenizer, batch_size=8), "quick", ["arc_challenge", "winogrande"], limit=4)[1]
+    hf = HFLM(pretrained=str(out), device="cpu", dtype="float32", trust_remote_code=True, batch_size=8)
+    theirs = run_preset(hf, "quick", ["arc_challenge", "winogrande"], limit=4)[1]
+    assert [(i["task"], i["doc_id"]) for i in ours] == [(i["task"], i["doc_id"]) for i in theirs] and len(ours) == 8
+    for a, b in zip(ours, theirs):
+        assert a["metrics"] == b["metrics"]
+        assert max(abs(x - y) for x, y in zip(a["loglikelihoods"], b["loglikelihoods"])) <= 1e-3
