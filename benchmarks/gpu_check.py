@@ -12,7 +12,8 @@ check or setting, in this order (the most needed first, so a short run still ans
   throughput  lokilm-1.4b (ALiBi, context 2048, compiled per block) in bf16, fp8_tensorwise, fp8_rowwise, without
               activation checkpointing, each at the best micro-batch of a short search
   vocab       the 1.4B in bf16 at vocabulary sizes 32,000 / 31,999 / 32,064 / 32,768 (the Hamming-weight remark)
-  shape124m   the 124M shape (stlm-100m with the GPT-2 vocabulary, no dropout) in bf16
+  shape124m   the 124M shape (stlm-100m with the GPT-2 vocabulary, no dropout; its position and GQA as the preset has
+              them, recorded in the row) in bf16
   checkpointing  the three precisions again with full activation checkpointing
   gpu_hours   GPU-hours and days of a 500B-token run on 8 GPUs at each precision's best measured speed
 Every row has "gpu", "preset", "precision", "activation_checkpointing", "micro_batch", "tokens_per_s_per_gpu",
@@ -108,11 +109,19 @@ class Plan:
     warmup: int = 2
 
 
+def plan_configs(plan: Plan) -> list[tuple[str, tuple]]:
+    """Every (preset, overrides) the plan loads: a test loads them all, so a preset that changed under the plan
+    (a head count that no longer divides, a renamed key) fails on the CPU, not in the GPU's few minutes."""
+    return [(PRESET, plan.small), ("configs/tiny.yaml", plan.train), (PRESET, plan.big),
+            ("configs/stlm-100m.yaml", plan.shape124m)]
+
+
 TINY = ("model.n_layer=1", "model.n_head=2", "model.d_model=64", "model.d_ff=128", "model.context_length=32")
 DRY_RUN = Plan(attention_shape=(1, 4, 64, 16), gqa_kv_heads=2, small=TINY + ("model.vocab_size=512",),
                train=TINY + ("train.micro_batch_size=4",),
                big=TINY + ("train.compile=false", "train.micro_batch_size=1"),
-               shape124m=TINY + ("model.vocab_size=50257", "model.dropout=0.0", "train.micro_batch_size=1"),
+               shape124m=TINY + ("model.n_head=4", "model.n_kv_head=2", "model.vocab_size=50257", "model.dropout=0.0",
+                                 "train.micro_batch_size=1"),
                micro_batch_limit=4, matmul_n=256, steps=2, warmup=1)
 
 
@@ -495,8 +504,9 @@ def throughput(device: torch.device, preset: str, overrides: tuple, precision: s
     return {"tokens_per_s_per_gpu": r["tokens_per_s_per_gpu"], "mfu": r["mfu"],
             "peak_mem_gb": round(r["peak_memory_gib"] * 2**30 / 1e9, 2), "step_s": r["step_s"],
             "parameters": r["parameters"], "state_gb": round(16 * r["parameters"] / 1e9, 2),  # fp32 w, grad, 2 moments
-            "applied": r["applied"], "vocab_size": cfg.model.vocab_size, "context": cfg.model.context_length,
-            "compile": cfg.train.compile}
+            "applied": r["applied"], "compile": cfg.train.compile,
+            "model": {k: getattr(cfg.model, k) for k in ("n_layer", "n_head", "n_kv_head", "d_model", "d_ff",
+                                                          "context_length", "vocab_size", "position", "tie_embeddings")}}
 
 
 # ---------------------------------------------------------------- the schedule

@@ -135,3 +135,14 @@ def test_output_path_is_date_and_gpu_in_a_folder_or_the_file_given(gc, tmp_path)
     day = datetime.date(2026, 12, 2)
     assert gc.output_path(str(tmp_path), "NVIDIA H200", False, day) == tmp_path / "2026-12-02-nvidia-h200.json"
     assert gc.output_path("x/run.json", "cpu", True, day) == Path("x/run.json")
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_every_config_the_check_loads_is_valid_for_the_presets_as_they_are(gc, dry_run):
+    from lokilm.config import load_config
+
+    plan = gc.DRY_RUN if dry_run else gc.Plan()
+    for preset, overrides in gc.plan_configs(plan):
+        cfg = load_config(preset, list(overrides))
+        assert cfg.model.d_model % cfg.model.n_head == 0
+    assert load_config(gc.PRESET, list(plan.big)).model.context_length == (32 if dry_run else 2048)
