@@ -32,12 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     _config_args(sub.add_parser(
         "curate", help="curate data.inputs into run_dir/curate/ (`loki curate train-classifier CONFIG`: train the "
-        "quality classifier)", description=STAGE_HELP))
+        "quality classifier; `loki curate annotate CONFIG`: score a sample 0-5 with a local instruct model)", description=STAGE_HELP))
     _config_args(sub.add_parser("tokenize", help="tokenize the config's data into train/val shards", description=STAGE_HELP))
-    _config_args(sub.add_parser("train", help="train (or resume training) a model", description=STAGE_HELP))
-    _config_args(sub.add_parser("run", help="every stage in order: curate (when curate.enabled), tokenizer, tokenize, "
-                                "distill (the teacher caches, when distill.enabled), train, eval, generate",
-                                description=STAGE_HELP))
+    restart = ("start training over: the run's checkpoints, metrics and events are moved to RUN_DIR/discarded-TIME/ "
+               "(kept, not deleted); needed when every checkpoint is corrupt")
+    train = sub.add_parser("train", help="train (or resume training) a model", description=STAGE_HELP)
+    _config_args(train)
+    train.add_argument("--restart", action="store_true", help=restart)
+    run = sub.add_parser("run", help="every stage in order: curate (when curate.enabled), tokenizer, tokenize, "
+                         "distill (the teacher caches, when distill.enabled), train, eval, generate",
+                         description=STAGE_HELP)
+    _config_args(run)
+    run.add_argument("--restart", action="store_true", help=restart)
 
     dis = sub.add_parser("distill", help="multi-teacher knowledge distillation (distill.teachers)")
     dis_sub = dis.add_subparsers(dest="distill_command", required=True)
@@ -47,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     dgen.add_argument("--restart", action="store_true", help="discard existing teacher caches and start over")
     _config_args(dis_sub.add_parser("experiment", help="train two students with and without KD from the same seed, "
                                     "data and token budget, evaluate both and compare them pairwise "
-                                    "(run_dir/experiment.md)", description=STAGE_HELP))
+                                    "(run_dir/ablation.md)", description=STAGE_HELP))
 
     gen = sub.add_parser("generate", help="sample from a run's latest checkpoint")
     gen.add_argument("run_dir")
@@ -57,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, help="0 turns top-k off")
     gen.add_argument("--top-p", type=float, help="1 turns nucleus sampling off")
     gen.add_argument("--seed", type=int)
+    gen.add_argument("--exit-threshold", type=float, metavar="P", help="early exit: leave the model at the first "
+                     "layer whose top next-token probability exceeds P (lokilm/speculative.py)")
+    gen.add_argument("--self-speculative", type=int, metavar="E", help="draft with the first E layers, verify with "
+                     "all of them; greedy (--temperature 0), the same text as the full model")
 
     ev = sub.add_parser("eval", help="benchmarks (lm-evaluation-harness), bits per byte, WinoBias and the paper's "
                         "prompts for a run's latest checkpoint; writes RUN_DIR/eval/PRESET/ "
@@ -85,11 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates")
     cmp.add_argument("--limit", type=int, help="compare the runs' `loki eval --limit N` smoke tests instead of their "
                      "full evaluations")
+    from lokilm.interop import cli as interop_cli
+
+    interop_cli.add_parser(sub)  # loki export, loki import, loki chat
+    from lokilm.experiments import cli as experiments_cli
+
+    experiments_cli.add_parser(sub)  # loki ablate, loki report
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after the options too (`loki eval RUN --limit 2 eval.winobias=false`)
+    if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
     try:
         return _dispatch(args)
@@ -109,6 +131,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "generate":
         return _generate(args)
+    if args.command in ("ablate", "report"):
+        from lokilm.experiments import cli as experiments_cli
+
+        return experiments_cli.run(args)
+    if args.command in ("export", "import", "chat"):
+        from lokilm.interop import cli as interop_cli
+
+        return interop_cli.run(args)
     if args.command in ("eval", "compare"):
         from lokilm.eval.cli import compare_command, eval_command
 
@@ -124,23 +154,53 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _distill(args)
     subcommand = getattr(args, "tokenizer_command", None)
     cfg = load_config(args.config, args.overrides + (["tokenizer.kind=adapt"] if subcommand == "adapt" else []))
-    if args.command == "run":
-        stages.run_all(cfg)
-        print(f"\nrun directory: {cfg.run_dir}  (stage summaries in {cfg.run_dir}/stages/)")
-        return 0
     stage = "tokenizer" if args.command == "tokenizer" else args.command
     main_process = env_rank() == 0  # under torchrun, rank 0 writes and reports for all
-    if main_process:
-        RunDir(cfg).save_config()
-    if subcommand == "compare":
-        from lokilm.tokenizer.compare import compare_stage
+    with _holding(cfg, f"{args.command} {subcommand or ''}".strip()):
+        if getattr(args, "restart", False):
+            _discard_training(cfg)
+        if args.command == "run":
+            stages.run_all(cfg)
+            print(f"\nrun directory: {cfg.run_dir}  (stage summaries in {cfg.run_dir}/stages/)")
+            return 0
+        if main_process:
+            RunDir(cfg).save_config()
+        if subcommand == "compare":
+            from lokilm.tokenizer.compare import compare_stage
 
-        summary = compare_stage(cfg)
-    else:
-        summary = stages.STAGES[stage](cfg)
+            summary = compare_stage(cfg)
+        else:
+            summary = stages.STAGES[stage](cfg)
     if main_process:
         print(json.dumps({k: v for k, v in summary.items() if k not in ("read", "inputs")}, indent=2))
     return 0
+
+
+def _holding(cfg, command: str):
+    """The run directory's lock for a command that writes it (rank 0 holds it for a torchrun job)."""
+    import contextlib
+
+    from lokilm.parallel.dist import env_rank
+    from lokilm.rundir import RunDir
+
+    return RunDir(cfg).lock(command) if env_rank() == 0 else contextlib.nullcontext()
+
+
+def _discard_training(cfg) -> None:
+    """`--restart`: move the run's training history aside (nothing is deleted), so training starts at step 0."""
+    import time
+
+    from lokilm.rundir import RunDir
+
+    run = RunDir(cfg)
+    moved = [p for p in (run.checkpoints, run.metrics, run.events, run.tensorboard, run.stage_summary("train"))
+             if p.exists()]
+    if moved:
+        aside = run.root / f"discarded-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir(parents=True, exist_ok=True)
+        for p in moved:
+            p.rename(aside / p.name)
+        print(f"loki: --restart: moved {', '.join(p.name for p in moved)} to {aside}", flush=True)
 
 
 def _curate(args: argparse.Namespace) -> int:
@@ -148,11 +208,16 @@ def _curate(args: argparse.Namespace) -> int:
     from lokilm.rundir import RunDir
 
     train = args.config == "train-classifier"
-    if train:
+    sub = args.config if args.config in ("train-classifier", "annotate") else None
+    if sub:
         if not args.overrides:
-            raise LokiError("usage: loki curate train-classifier CONFIG [key=value ...]")
+            raise LokiError(f"usage: loki curate {sub} CONFIG [key=value ...]")
         args.config, args.overrides = args.overrides[0], args.overrides[1:]
     cfg = load_config(args.config, args.overrides)
+    if sub == "annotate":
+        from lokilm.curate.annotate import run
+
+        return run(cfg)
     if train:
         from lokilm.curate.classifier import train_classifier
 
@@ -162,8 +227,9 @@ def _curate(args: argparse.Namespace) -> int:
         return 0
     from lokilm.curate.pipeline import curate_json, curate_stage
 
-    RunDir(cfg).save_config()
-    summary = curate_stage(cfg)
+    with _holding(cfg, "curate"):
+        RunDir(cfg).save_config()
+        summary = curate_stage(cfg)
     print(curate_json(summary))
     print(f"report: {RunDir(cfg).root / 'curate' / 'report.md'}")
     return 0
@@ -174,6 +240,13 @@ def _distill(args: argparse.Namespace) -> int:
     from lokilm.rundir import RunDir
 
     cfg = load_config(args.config, args.overrides)
+    with _holding(cfg, f"distill {args.distill_command}"):
+        return _distill_locked(args, cfg)
+
+
+def _distill_locked(args: argparse.Namespace, cfg) -> int:
+    from lokilm.rundir import RunDir
+
     RunDir(cfg).save_config()
     if args.distill_command == "generate":
         from lokilm.distill.generate import generate_stage
@@ -183,7 +256,7 @@ def _distill(args: argparse.Namespace) -> int:
         from lokilm.distill.experiment import experiment
 
         experiment(cfg)
-        print(f"results: {cfg.run_dir}/experiment.md and experiment.json")
+        print(f"results: {cfg.run_dir}/ablation.md and ablation.json")
     return 0
 
 
@@ -197,8 +270,23 @@ def _generate(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             setattr(g, name, value)
-    sampler = Sampler(args.run_dir)
-    for prompt in args.prompt or g.prompts:
+    cfg.validate()  # --max-new-tokens -5, --top-p 5, --temperature nan: the same clear errors as in a config
+    for prompt in args.prompt or []:
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise LokiError(f"--prompt {prompt.encode('utf-8', 'surrogateescape')[:60]!r} is not valid UTF-8 text") from None
+    if args.exit_threshold is not None or args.self_speculative is not None or cfg.model.input == "bytes":
+        from lokilm.speculative import Decoder
+        sampler = Decoder(args.run_dir, args.exit_threshold, args.self_speculative)
+    else:
+        sampler = Sampler(args.run_dir)
+    prompts = args.prompt or g.prompts
+    if len(prompts) > 1 and isinstance(sampler, Sampler):  # decoded together; each text is what it gets alone
+        for prompt, text in zip(prompts, sampler.complete_batch(prompts, g)):
+            print(prompt + text, flush=True)
+        return 0
+    for prompt in prompts:
         print(prompt, end="", flush=True)
         sampler.complete(prompt, g, stream=lambda s: print(s, end="", flush=True))
         print(flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ class DataConfig:
     inputs: list[str] = field(default_factory=lambda: ["data/corpus"])
     text_field: str = "text"  # the JSONL key holding the document text
     holdout_fraction: float = 0.02  # share of documents kept out of training (chosen by hash of id)
+    # > 0: instead, hold out documents (in hash-of-id order) until they hold this many UTF-8 bytes: a held-out
+    # set of a known size, large enough to compare models (lokilm/shards.py holdout_cut)
+    holdout_bytes: int = 0
     shard_tokens: int = 100_000_000  # tokens per shard file
     shards: str | None = None  # train on this shard folder instead of the run's own shards/
 
@@ -80,7 +84,18 @@ class TrainConfig:
     batch_warmup_tokens: int = 0
     batch_warmup_start: int | None = None
     lr_batch_scaling: Literal["sqrt", "linear", "none"] = "sqrt"
-    optimizer: Literal["adamw"] = "adamw"
+    # muon: torch.optim.Muon on the hidden matrices, AdamW on embeddings, head and norms (lokilm/train/optimizer.py)
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    muon_momentum: float = 0.95
+    # Dropout schedule (Liu et al. 2023; lokilm/train/dropout.py): model.dropout is the peak value; early/late:
+    # on before/after `until` (a fraction of max_steps), linear_up: 0 to peak by `until`, triangle: up to the
+    # peak at `until`, then down to 0 at the end.
+    dropout_schedule: Literal["constant", "early", "late", "linear_up", "triangle"] = "constant"
+    dropout_schedule_until: float = 0.5
+    # Early-exit loss curriculum (LayerSkip; with model.early_exit): all = every exit each step, rotational = every
+    # early_exit_rotation-th layer in turn, gradual = exits switched on from the last layer down over training.
+    early_exit_curriculum: Literal["all", "rotational", "gradual"] = "all"
+    early_exit_rotation: int = 2
     lr: float = 6e-4
     min_lr_ratio: float = 0.1
     lr_schedule: Literal["cosine", "wsd", "constant"] = "cosine"
@@ -97,11 +112,11 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     halt_at_step: int | None = None  # stop after this step, resumable (for time-limited jobs)
-    tensorboard: bool = True
+    tensorboard: bool = True  # false: no trackers at all (metrics.jsonl only)
+    # where metrics go besides metrics.jsonl (lokilm/train/trackers.py): tensorboard, wandb (offline), mlflow, trackio
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
     progress: bool = True
     spike: SpikeConfig = field(default_factory=SpikeConfig)
-    # Testing aid: make this step's update 1000x too large (once), so the next step's loss spikes.
-    inject_spike_at_step: int | None = None
 
 
 @dataclass
@@ -143,6 +158,10 @@ class Config:
 
     def validate(self) -> None:
         m, t = self.model, self.train
+        for key, value in [("model.n_head", m.n_head), ("model.d_model", m.d_model)]:
+            _check(value > 0, key, f"must be positive, got {value}")  # before anything divides by them
+        _check(m.n_kv_head is None or m.n_kv_head > 0, "model.n_kv_head", f"must be positive (or null), got {m.n_kv_head}")
+        _validate_numbers(self)
         _check(m.d_model % m.n_head == 0, "model.d_model", f"{m.d_model} is not divisible by model.n_head={m.n_head}")
         kv = m.n_kv_head or m.n_head
         _check(m.n_head % kv == 0, "model.n_kv_head", f"{kv} does not divide model.n_head={m.n_head}")
@@ -159,15 +178,58 @@ class Config:
             _check(0 < start <= t.batch_size and start % t.micro_batch_size == 0, "train.batch_warmup_start",
                    f"{start} must be a multiple of train.micro_batch_size={t.micro_batch_size} and at most train.batch_size")
         _check(0.0 <= self.data.holdout_fraction < 1.0, "data.holdout_fraction", "must be in [0, 1)")
+        _check(self.data.holdout_bytes >= 0, "data.holdout_bytes", f"must be >= 0 (0: use holdout_fraction), got {self.data.holdout_bytes}")
+        from lokilm.train.trackers import check_names
+
+        check_names(t.trackers)
         _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
         _check(t.keep_checkpoints >= 2, "train.keep_checkpoints", "must be >= 2 so a corrupt latest checkpoint has a fallback")
+        _check(0.0 <= t.dropout_schedule_until <= 1.0, "train.dropout_schedule_until",
+               f"must be a fraction of training in [0, 1], got {t.dropout_schedule_until}")
+        _check(t.early_exit_rotation > 0, "train.early_exit_rotation", f"must be positive, got {t.early_exit_rotation}")
+        _check(0.0 <= t.muon_momentum < 1.0, "train.muon_momentum", f"must be in [0, 1), got {t.muon_momentum}")
         _check(0.0 < t.decay_fraction <= 1.0, "train.decay_fraction", "must be in (0, 1]")
         v = self.tokenizer.vocab_size
         _check(v is None or 256 < v <= m.vocab_size, "tokenizer.vocab_size",
                f"{v} must be above 256 (the byte alphabet) and at most model.vocab_size={m.vocab_size}")
         _check(self.tokenizer.adapt_new_merges >= 0, "tokenizer.adapt_new_merges", "must be >= 0")
         _check(0.0 < self.tokenizer.adapt_round_fraction <= 1.0, "tokenizer.adapt_round_fraction", "must be in (0, 1]")
+        m.validate()
         _validate_distill(self.distill)
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _validate_numbers(cfg: Config) -> None:
+    """Values that would train silently wrong or crash far from the config (a negative grad_clip flips the
+    gradients; log_every=0 divides by zero; a NaN lr trains nothing)."""
+    t, g, e, d = cfg.train, cfg.generate, cfg.eval, cfg.data
+    _check(_finite(t.lr) and t.lr > 0, "train.lr", f"must be a positive number, got {t.lr}")
+    _check(_finite(t.grad_clip) and t.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0: off), got {t.grad_clip}")
+    _check(_finite(t.min_lr_ratio) and 0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", f"must be in [0, 1], got {t.min_lr_ratio}")
+    _check(_finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    for key, value in [("train.beta1", t.beta1), ("train.beta2", t.beta2)]:
+        _check(_finite(value) and 0 <= value < 1, key, f"must be in [0, 1), got {value}")
+    _check(_finite(t.eps) and t.eps > 0, "train.eps", f"must be a positive number, got {t.eps}")
+    for key, value in [("train.checkpoint_every", t.checkpoint_every), ("train.log_every", t.log_every),
+                       ("train.eval_batches", t.eval_batches), ("train.spike.window", t.spike.window),
+                       ("train.spike.min_history", t.spike.min_history), ("data.shard_tokens", d.shard_tokens),
+                       ("generate.max_new_tokens", g.max_new_tokens), ("eval.batch_size", e.batch_size),
+                       ("eval.bootstrap_iters", e.bootstrap_iters), ("eval.max_new_tokens", e.max_new_tokens)]:
+        _check(value > 0, key, f"must be positive, got {value}")
+    for key, value in [("train.eval_every", t.eval_every), ("train.batch_warmup_tokens", t.batch_warmup_tokens),
+                       ("train.spike.max_rollbacks", t.spike.max_rollbacks), ("eval.bpb_windows", e.bpb_windows),
+                       ("tokenizer.train_max_bytes", cfg.tokenizer.train_max_bytes),
+                       ("tokenizer.min_frequency", cfg.tokenizer.min_frequency)]:
+        _check(value >= 0, key, f"must be >= 0, got {value}")
+    _check(t.halt_at_step is None or t.halt_at_step > 0, "train.halt_at_step", f"must be positive (or null), got {t.halt_at_step}")
+    for key, value in [("generate.temperature", g.temperature), ("eval.temperature", e.temperature)]:
+        _check(_finite(value) and value >= 0, key, f"must be a number >= 0 (0 is greedy), got {value}")
+    _check(g.top_k is None or g.top_k >= 0, "generate.top_k", f"must be >= 0 (0: off), got {g.top_k}")
+    _check(g.top_p is None or (_finite(g.top_p) and 0 < g.top_p <= 1), "generate.top_p",
+           f"must be in (0, 1] (1: off), got {g.top_p}")
 
 
 def _validate_distill(d: DistillConfig) -> None:
@@ -198,13 +260,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if path is not None:
         for layer in _preset_layers(Path(path)):
             _apply_mapping(cfg, layer, prefix="")
+    apply_overrides(cfg, overrides)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...], section: str | None = None) -> None:
+    """The one parser of key=value overrides (every command's): values are YAML; `section` (e.g. "eval") lets a
+    command accept its own keys without the prefix. Validates the result."""
     for item in overrides:
         key, sep, raw = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.max_steps=200)")
-        set_value(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        if section and "." not in key:
+            key = f"{section}.{key}"
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+        set_value(cfg, key, value)
     cfg.validate()
-    return cfg
 
 
 def _preset_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[dict]:
@@ -213,12 +288,16 @@ def _preset_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[dict]:
     if path.resolve() in seen:
         raise ConfigError(f"config file {path} includes itself through base:")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
     base = data.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"config file {path}: base: must be the path of one preset file, got {base!r}")
     layers = _preset_layers(path.parent / base, seen + (path.resolve(),)) if base else []
     return layers + [data]
 

@@ -3,6 +3,8 @@ import json
 import numpy as np
 import pytest
 
+from lokilm.train.units import Step
+
 from lokilm.distill.cache import (
     CacheError,
     TeacherCacheWriter,
@@ -121,13 +123,15 @@ def test_the_wrap_is_logged_by_rank_0_when_it_falls_in_another_ranks_micro_batch
     cfg = kd_cfg(make_cfg, tmp_path / "r", tmp_path / "cache", "train.micro_batch_size=4", "distill.every=2")
     write_caches(cfg, n_windows=28)
     trainer = Trainer(cfg)
-    trainer.log, unit = Events(), trainer.distill
-    for step, kd_samples in ((1, 0), (3, 16), (5, 32)):  # KD steps 2, 4, 6
-        trainer.state.step, trainer.state.kd_samples = step, kd_samples
-        unit.start_step()
+    unit = trainer.unit("distill")
+    unit.logging = log = Events()
+    for number, kd_samples in ((2, 0), (4, 16), (6, 32)):  # KD steps 2, 4, 6
+        unit.kd_samples = kd_samples
+        step = Step(number=number, tokens=0, batch_size=16, lr=0.0, last=False)
+        assert unit.batch_source(step) is unit
         for i in (0, 1):  # rank 0's share of the four micro-batches
-            unit.micro_batch(i)
-    assert trainer.log.logged == [("kd_windows_wrapped", 4)]
+            unit.micro_batch(step, i)
+    assert log.logged == [("kd_windows_wrapped", 4)]
 
 
 def test_a_cache_for_other_shards_or_tokenizer_is_refused_naming_the_teacher(make_cfg, tmp_path, one_thread):
@@ -176,7 +180,7 @@ def test_logit_mode_takes_a_teacher_checkpoint_as_well_as_a_run_directory(make_c
 
     def teacher(path):
         return Trainer(make_cfg(tmp_path / "c", "distill.enabled=true", "distill.mode=logit",
-                                f"distill.teachers=[{{name: big, kind: lokilm, path: {path}}}]")).distill.teachers[0]
+                                f"distill.teachers=[{{name: big, kind: lokilm, path: {path}}}]")).unit("distill").teachers[0]
 
     checkpoints = list_checkpoints(lokilm_teacher / "checkpoints")
     assert len(checkpoints) >= 2

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-import yaml
-
-from lokilm.config import set_value
+from lokilm.config import apply_overrides
+from lokilm.errors import LokiError
 
 
 def eval_command(args: argparse.Namespace) -> int:
@@ -14,9 +13,11 @@ def eval_command(args: argparse.Namespace) -> int:
     from lokilm.rundir import RunDir
 
     cfg = RunDir.open(args.run_dir).cfg
-    for item in args.overrides:
-        key, _, raw = item.partition("=")
-        set_value(cfg, key if key.startswith("eval.") else f"eval.{key}", yaml.safe_load(raw))
+    if args.limit is not None and args.limit <= 0:
+        raise LokiError(f"--limit must be a positive number of items, got {args.limit}")
+    if args.batch_size is not None and args.batch_size <= 0:
+        raise LokiError(f"--batch-size must be positive, got {args.batch_size}")
+    apply_overrides(cfg, args.overrides, section="eval")  # eval.winobias=false or winobias=false
     if args.preset:
         cfg.eval.preset = args.preset
     if args.tasks:
@@ -29,6 +30,11 @@ def eval_command(args: argparse.Namespace) -> int:
 
 def compare_command(args: argparse.Namespace) -> int:
     from lokilm.eval.compare import compare_runs, table
+
+    if args.bootstrap <= 0:
+        raise LokiError(f"--bootstrap must be a positive number of replicates, got {args.bootstrap}")
+    if args.limit is not None and args.limit <= 0:
+        raise LokiError(f"--limit must be a positive number of items, got {args.limit}")
 
     result = compare_runs(args.run_a, args.run_b, args.preset, iters=args.bootstrap, limit=args.limit)
     limited = "" if args.limit is None else f" --limit {args.limit}"

@@ -7,7 +7,6 @@ log-likelihoods, rolling log-likelihoods and batched greedy generation through l
 
 from __future__ import annotations
 
-import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -44,9 +43,9 @@ class LokiLM(TemplateLM):
         return encode(self.tok, string)
 
     def _autocast(self):
-        if self._device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        from lokilm.parallel.precision import autocast_for
+
+        return autocast_for(self._device, "auto")()  # the one evaluation policy: bf16 on CUDA, as bits per byte
 
     @torch.no_grad()
     def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:

@@ -17,7 +17,14 @@ from lokilm.rundir import RunDir
 def eval_dir(run_dir: str | Path, preset: str, limit: int | None = None) -> Path:
     """Where one preset's results live: each preset keeps its own, so a quick eval never overwrites a full one,
     and a `--limit N` smoke test writes PRESET-limitN/, never the full results that `loki compare` reads."""
-    return Path(run_dir) / "eval" / (preset if limit is None else f"{preset}-limit{limit}")
+    return RunDir.open(run_dir).eval_dir(preset, limit)
+
+
+def checkpoint_id(ckpt) -> str:
+    """A checkpoint by content (its manifest's checksum), not by path: a copied or moved run is not re-evaluated."""
+    from lokilm.fileio import sha256_file
+
+    return f"{ckpt.step}:{sha256_file(ckpt.path / 'manifest.json')[:16]}"
 
 
 class _Progress:
@@ -52,7 +59,7 @@ def evaluate_run(run_dir: str | Path, settings: EvalConfig, limit: int | None = 
     start = time.time()
     dev = resolve_device(device)
     # verify the checkpoint's checksums once: for a 1.4B run that is reading ~17 GB
-    ckpt = ckpt or latest_checkpoint(Path(run_dir) / "checkpoints")
+    ckpt = ckpt or latest_checkpoint(RunDir.open(run_dir).checkpoints)
     if ckpt is None:
         raise LokiError(f"{run_dir} has no valid checkpoint to evaluate")
     model, cfg = load_model(run_dir, dev, ckpt)
@@ -100,7 +107,11 @@ def held_out_bpb(model, cfg, n_windows: int, batch_size: int, device: torch.devi
         return None
     windows = TokenWindows(run.shards, "val", cfg.model.context_length)
     token_bytes = token_byte_lengths(load_tokenizer(run.tokenizer))
-    value = bits_per_byte(model, windows, token_bytes, n_windows, batch_size, device)
+    from lokilm.parallel.precision import autocast_for
+
+    # the benchmarks' precision policy too (bf16 on CUDA): one policy for every figure of an evaluation
+    value = bits_per_byte(model, windows, token_bytes, n_windows, batch_size, device,
+                          autocast_for(device, cfg.train.precision))
     return {"value": value, "windows": min(n_windows, len(windows)), "tokens_per_window": cfg.model.context_length}
 
 
@@ -121,13 +132,14 @@ def eval_stage(cfg) -> dict:
     run = RunDir(cfg)
     ckpt = latest_checkpoint(run.checkpoints)
     done = run.read_summary("eval")
-    if done and ckpt and done.get("checkpoint") == str(ckpt.path) and done.get("preset") == cfg.eval.preset:
+    if done and ckpt and done.get("checkpoint_id") == checkpoint_id(ckpt) and done.get("preset") == cfg.eval.preset:
         return {**done, "status": "skipped (done)"}
     out = evaluate_run(cfg.run_dir, cfg.eval, device=cfg.train.device, ckpt=ckpt)
     from lokilm.eval.presets import HEADLINE
 
     headline = {row: out["tasks"][task]["metrics"].get(key) for row, (task, key) in HEADLINE.items() if task in out["tasks"]}
-    summary = {"status": "done", "checkpoint": out["checkpoint"], "preset": out["preset"], "seconds": out["seconds"],
+    summary = {"status": "done", "checkpoint": out["checkpoint"], "checkpoint_id": checkpoint_id(ckpt),
+               "preset": out["preset"], "seconds": out["seconds"],
                "headline": headline, "bpb": out.get("bpb"), "path": str(eval_dir(cfg.run_dir, cfg.eval.preset))}
     run.write_summary("eval", summary)
     return summary

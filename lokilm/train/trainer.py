@@ -143,6 +143,13 @@ class Trainer:
             raise LokiError(f"two training units share a name (their states would collide in checkpoints): {names}")
         self.units = units
 
+    def unit(self, name: str) -> Unit:
+        """The registered unit called `name` (for tests and tools that inspect one)."""
+        found = [u for u in self.units if u.name == name]
+        if not found:
+            raise KeyError(f"no training unit {name!r}; the units are {[u.name for u in self.units]}")
+        return found[0]
+
     def _check_data(self) -> None:
         cfg = self.cfg
         if not self.run.tokenizer.is_file():
@@ -194,11 +201,11 @@ class Trainer:
         status = "failed"
         with Interrupt() as interrupt:
             try:
-                for u in self.units:
-                    u.start(resumed)
                 if self.setup_notes:
                     self.logging.event("setup", self.state.step, world_size=self.dist.world_size,
                                        device=str(self.device), applied="; ".join(self.setup_notes))
+                for u in self.units:
+                    u.start(resumed)
                 if not resumed:  # step 0: a rollback target and a first held-out figure
                     self._after(Step(number=0, tokens=0, batch_size=0, lr=0.0, last=False, sync=True,
                                      record={"step": 0, "tokens": 0}))
