@@ -33,7 +33,9 @@ On the device machine (device tool `run` with carry [".whl"] and timeout_s 540: 
 leaves about 4 minutes of the 15 for one rerun, which must follow at once, while the machine is warm):
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/torchao-*.whl && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --out $OUT 2>&1 | tee $OUT/gpu_check.log
 then copy the JSON from the reply's files_at into benchmarks/results/ and summarise it in docs/LOG.md. A rerun of
-what failed or was skipped names its groups, e.g. `--only checkpointing gpu_hours --budget-s 150`. Rehearsal on
+what failed or was skipped names its groups and keeps the first run's rows in one file (the copied JSON travels
+with the tree): `... gpu_check.py --previous benchmarks/results/FILE.json --only checkpointing gpu_hours
+--budget-s 150 --out $OUT`. Rehearsal on
 a CPU (tiny shapes; the FP8 and int8 rows record that they need a GPU):
     .venv/bin/python benchmarks/gpu_check.py --dry-run --out /tmp/gpu-check
 """
@@ -46,6 +48,7 @@ import copy
 import dataclasses
 import datetime
 import gc
+import json
 import lzma
 import re
 import signal
@@ -554,7 +557,9 @@ def run_all(report: Report, device: torch.device, plan: Plan, groups: set[str], 
         report.write()  # the best row is marked
         return rows
 
-    best_mb: dict[str, int] = {}  # bf16's best micro-batch per checkpointing mode: where the others start
+    # bf16's best micro-batch per checkpointing mode, where the other searches start (a --previous run's too)
+    best_mb = {r["activation_checkpointing"]: r["micro_batch"] for r in report.rows
+               if r.get("best") and r["precision"] == "bf16" and r["preset"] == PRESET}
 
     def searches(group: str, ac: str, default_start: int) -> None:
         for precision in PRECISIONS:
@@ -645,6 +650,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto (CUDA if there is one), cuda or cpu")
     p.add_argument("--run-tokens", type=float, default=500e9, help="tokens of the full run the GPU-hours are for")
     p.add_argument("--gpus", type=int, default=8, help="GPUs of the full run")
+    p.add_argument("--previous", help="an earlier run's JSON: its rows are kept in front of this run's (a rerun of "
+                                      "some groups then writes one file with everything; the GPU-hours use both)")
     args = p.parse_args(argv)
     if args.budget_s < 0 or args.gpus < 1 or args.run_tokens <= 0:
         p.error("--budget-s must be >= 0, --gpus >= 1 and --run-tokens > 0")
@@ -658,8 +665,12 @@ def main(argv: list[str] | None = None) -> int:
         today = datetime.datetime.now(datetime.timezone.utc).date()
         path = output_path(args.out, gpu_name(device), args.dry_run, today)
         report = Report(path, meta(device, args, args.budget_s), args.budget_s)
+        if args.previous:
+            earlier = json.loads(Path(args.previous).read_text())
+            report.rows = [{**r, "previous_run": True} for r in earlier["rows"]]
+            report.meta["previous_meta"] = earlier["meta"]
         report.write()  # an unwritable --out fails now, not after the first measurement
-    except (LokiError, OSError) as e:
+    except (LokiError, OSError, ValueError, KeyError) as e:  # a bad --device, --out or --previous
         print(f"gpu_check: error: {e}", file=sys.stderr)
         return 2
     plan = DRY_RUN if args.dry_run else Plan()
@@ -680,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         report.write()
-    print(summary(report.rows))
+    print(summary([r for r in report.rows if not r.get("previous_run")]))
     print(f"gpu_check: wrote {path} ({len(report.rows)} rows, {report.elapsed():.0f} s)")
     return 0 if report.finished else 1
 

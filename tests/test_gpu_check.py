@@ -146,3 +146,19 @@ def test_every_config_the_check_loads_is_valid_for_the_presets_as_they_are(gc, d
         cfg = load_config(preset, list(overrides))
         assert cfg.model.d_model % cfg.model.n_head == 0
     assert load_config(gc.PRESET, list(plan.big)).model.context_length == (32 if dry_run else 2048)
+
+
+def test_a_rerun_keeps_the_previous_runs_rows_and_its_gpu_hours_use_them(gc, tmp_path):
+    first = tmp_path / "first.json"
+    row = {"group": "throughput", "name": "bf16 ac=none mb=8", "gpu": "cpu", "preset": gc.PRESET, "precision": "bf16",
+           "activation_checkpointing": "none", "micro_batch": 8, "tokens_per_s_per_gpu": 80_000.0, "mfu": 0.75,
+           "peak_mem_gb": 60.0, "best": True}
+    first.write_text(json.dumps({"meta": {"gpu": "cpu"}, "finished": False, "rows": [row]}))
+    out = tmp_path / "both.json"
+    assert gc.main(["--dry-run", "--previous", str(first), "--only", "gpu_hours", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert rows[0] == {**row, "previous_run": True} and result["meta"]["previous_meta"] == {"gpu": "cpu"}
+    assert rows[1]["gpu_hours"] == round(500e9 / 80_000 / 3600, 1) and rows[1]["meets_goal"]
+    assert [r["group"] for r in rows[1:]] == ["gpu_hours"] * 3 and "error" in rows[2] and "error" in rows[3]
+    assert gc.main(["--dry-run", "--previous", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
