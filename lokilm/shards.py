@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +23,36 @@ from lokilm.fileio import atomic_write
 SPLITS = ("train", "val")
 
 
+def _position(doc_id: str) -> float:
+    """Where a document id falls in [0, 1): a hash, so the split is stable across runs and machines."""
+    return int.from_bytes(hashlib.sha1(doc_id.encode("utf-8", "surrogatepass")).digest()[:8], "big") / 2**64
+
+
 def split_of(doc_id: str, holdout_fraction: float) -> str:
-    """Deterministic train/val assignment by a hash of the document id (stable across runs and machines)."""
-    h = int.from_bytes(hashlib.sha1(doc_id.encode("utf-8", "surrogatepass")).digest()[:8], "big")
-    return "val" if h / 2**64 < holdout_fraction else "train"
+    """Deterministic train/val assignment: held out when the id's hash position is below the cut."""
+    return "val" if _position(doc_id) < holdout_fraction else "train"
+
+
+def holdout_cut(data, documents: Callable[[], Iterable]) -> float:
+    """The cut `split_of` takes for a DataConfig: `data.holdout_fraction`, or with `data.holdout_bytes` the cut
+    that holds out documents in hash order until their UTF-8 bytes reach holdout_bytes. A fraction of
+    documents gives a held-out set whose size depends on how many documents the corpus has (11 in the
+    quickstart, too few to tell two models apart); a byte budget fixes its size, hence its standard error.
+    `documents()` yields objects with `.id` and `.text`; it is read only when holdout_bytes is set."""
+    if not data.holdout_bytes:
+        return data.holdout_fraction
+    sizes = sorted((_position(d.id), len(d.text.encode("utf-8", "surrogatepass"))) for d in documents())
+    total = sum(n for _, n in sizes)
+    if data.holdout_bytes * 2 > total:
+        raise LokiError(f"data.holdout_bytes={data.holdout_bytes:,} is more than half of the {total:,} bytes of the "
+                        "inputs: too little would be left to train on; lower it")
+    held = 0
+    for k, (position, n) in enumerate(sizes):
+        held += n
+        if held >= data.holdout_bytes:
+            # halfway to the next document's position, so float rounding cannot move a document across the cut
+            return (position + sizes[k + 1][0]) / 2
+    raise AssertionError("unreachable: holdout_bytes is at most half of the total")
 
 
 @dataclass
@@ -135,8 +161,7 @@ class TokenWindows:
         meta = read_meta(folder)
         if split not in meta["splits"]:
             raise LokiError(f"shard folder {folder} has no {split!r} split")
-        self.seq_len = seq_len
-        self.meta = meta
+        self.seq_len, self.meta, self.folder, self.split = seq_len, meta, Path(folder), split
         self.arrays = []
         for shard in meta["splits"][split]["shards"]:
             path = Path(folder) / shard["file"]
@@ -163,6 +188,21 @@ class TokenWindows:
 
     def batch(self, indices: Iterable[int]) -> np.ndarray:
         return np.stack([self[i] for i in indices])
+
+    def documents(self, n: int | None = None) -> np.ndarray:
+        """For each of the first n windows, a number for the document its first target token belongs to
+        (documents numbered across shards): the clusters of a per-window test, since the windows of one long
+        book are not independent draws."""
+        n = len(self) if n is None else min(n, len(self))
+        out, first_doc = np.empty(n, dtype=np.int64), 0
+        for k, shard in enumerate(self.meta["splits"][self.split]["shards"]):
+            lo, hi = int(self._starts[k]), min(n, int(self._starts[k + 1]))
+            starts = np.load(self.folder / shard["file"].replace(".bin", ".idx.npy"))
+            if hi > lo:
+                offsets = (np.arange(lo, hi) - lo) * self.seq_len + 1
+                out[lo:hi] = first_doc + np.searchsorted(starts, offsets, side="right") - 1
+            first_doc += len(starts)
+        return out
 
 
 class ShuffledOrder:

@@ -55,20 +55,45 @@ def paired(a, b, clusters=None, iters: int = 1000, seed: int = 0) -> dict:
         b_only, a_only = int(((b == 1) & (a == 0)).sum()), int(((a == 1) & (b == 0)).sum())
         p = 1.0 if b_only + a_only == 0 else float(sps.binomtest(b_only, b_only + a_only, 0.5).pvalue)
         return {**out, "p_value": p, "test": "mcnemar-exact", "b_only": b_only, "a_only": a_only}
-    return {**out, "p_value": sign_flip_p(d, iters * 10, seed), "test": "sign-flip"}
+    return {**out, "p_value": sign_flip_p(d, iters * 10, seed, clusters), "test": "sign-flip"}
 
 
-def sign_flip_p(d: np.ndarray, iters: int, seed: int = 0) -> float:
-    """Two-sided p-value of mean(d) under the null that each delta's sign is a coin flip."""
-    observed = abs(d.mean())
+def sign_flip_p(d: np.ndarray, iters: int, seed: int = 0, clusters=None) -> float:
+    """Two-sided p-value of mean(d) under the null that each delta's sign is a coin flip; with `clusters`,
+    one coin per cluster (the windows of one held-out document are not independent draws)."""
+    d = np.asarray(d, dtype=float)
+    n, observed = len(d), abs(d.mean())
     if observed == 0:
         return 1.0
+    if clusters is not None:  # flipping a cluster flips all its items: flip the cluster sums
+        d = np.bincount(np.unique(np.asarray(clusters), return_inverse=True)[1], weights=d)
     rng = np.random.default_rng(seed)
     hits = 0
     for done in range(0, iters, _CHUNK):
         signs = rng.choice([-1.0, 1.0], size=(min(_CHUNK, iters - done), len(d)))
-        hits += int((np.abs((signs * d).mean(1)) >= observed - 1e-12).sum())
+        hits += int((np.abs((signs * d).sum(1)) / n >= observed - 1e-12).sum())
     return (hits + 1) / (iters + 1)
+
+
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm's step-down adjustment of several p-values (one per variant of an ablation): the family-wise
+    error stays at most alpha whatever the dependence between the tests."""
+    order = sorted(p_values, key=p_values.get)
+    m, running, out = len(order), 0.0, {}
+    for rank, name in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[name]))  # adjusted p-values never decrease
+        out[name] = running
+    return out
+
+
+def t_interval(values) -> dict:
+    """Mean and Student-t 95% interval of a few numbers (per-seed deltas: the seed-to-seed view)."""
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return {"mean": float(x.mean()) if len(x) else None, "sd": None, "ci95": None, "n": len(x)}
+    sd = float(x.std(ddof=1))
+    half = float(sps.t.ppf(0.975, len(x) - 1)) * sd / math.sqrt(len(x))
+    return {"mean": float(x.mean()), "sd": sd, "ci95": [float(x.mean() - half), float(x.mean() + half)], "n": len(x)}
 
 
 def paired_average(pairs: list[tuple], iters: int = 1000, seed: int = 0) -> dict:

@@ -1,10 +1,10 @@
-"""Where training numbers go: metrics.jsonl (one object per step), events.jsonl, TensorBoard, a progress bar."""
+"""Where training numbers go: metrics.jsonl (one object per step), events.jsonl, the trackers (TensorBoard by
+default; lokilm/train/trackers.py), a progress bar."""
 
 from __future__ import annotations
 
 import json
 import time
-import warnings
 from pathlib import Path
 
 from lokilm.errors import LokiError
@@ -23,19 +23,18 @@ def peak_flops(device) -> float | None:
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, tensorboard: bool, progress: bool):
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, tensorboard: bool, progress: bool,
+                 trackers: list[str] | None = None):
+        """`tensorboard` false: no trackers at all; true: those `trackers` names (train.trackers; by
+        default TensorBoard alone), each opened through lokilm/train/trackers.py."""
+        from lokilm.train.trackers import open_trackers
+
         self.path = run_dir / "metrics.jsonl"
         self.events_path = run_dir / "events.jsonl"
         # a resumed run rewrites the steps after its checkpoint
         dropped = _truncate_after(self.path, start_step)
-        self.writer = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
-            except ImportError:
-                warnings.warn("tensorboard is not installed; logging to metrics.jsonl only", stacklevel=2)
+        names = (["tensorboard"] if trackers is None else trackers) if tensorboard else []
+        self.trackers = open_trackers(names, run_dir, start_step)
         self.bar = None
         if progress:
             from tqdm import tqdm
@@ -47,10 +46,10 @@ class MetricsLog:
     def log(self, record: dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.writer.add_scalar(f"train/{k}" if not k.startswith("val") else k, v, record["step"])
+        scalars = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))
+                   and not isinstance(v, bool)}
+        for tracker in self.trackers:
+            tracker.log(scalars, record["step"])
         if self.bar is not None:
             shown = {"loss": f"{record['loss']:.3f}" if "loss" in record else None,
                      "tok/s": f"{record['tokens_per_s']:,.0f}" if "tokens_per_s" in record else None,
@@ -80,8 +79,8 @@ class MetricsLog:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 class NullLog:
