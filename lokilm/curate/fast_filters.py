@@ -77,7 +77,7 @@ class TextAnalysis:
 
     def __init__(self, text: str):
         self.text = text
-        self._words = self._bounds = self._prefix = self._word_hashes = None
+        self._words = self._bounds = self._prefix = self._word_hashes = self._lists = None
 
     @property
     def words(self) -> list[str]:  # = RegexWordTokenizer.word_tokenize (r"\S+" and str.isspace agree everywhere)
@@ -92,7 +92,9 @@ class TextAnalysis:
             codes = np.frombuffer(self.text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
             flags = _table()[codes]
             ns = (flags & _SPACE) == 0
-            edge = np.diff(ns.view(np.int8), prepend=0, append=0)
+            padded = np.zeros(len(ns) + 2, np.int8)
+            padded[1:-1] = ns
+            edge = padded[1:] - padded[:-1]  # +1 where a word starts, -1 just after it ends
             self._bounds = codes, ns, np.flatnonzero(edge == 1), np.flatnonzero(edge == -1)
             self.flags = flags
         return self._bounds
@@ -103,20 +105,25 @@ class TextAnalysis:
         concatenation's [off[j], off[j+1]). The hash of any run of characters is (P[b] - P[a]) * B^-a."""
         if self._prefix is None:
             codes, ns, starts, ends = self.bounds
-            values = codes[ns].astype(np.uint64)
+            self.stream = codes[ns]  # the words' characters, concatenated: "".join(words) as code points
+            values = self.stream.astype(np.uint64)
             pw, _ = _powers(len(values))
             p = np.zeros(len(values) + 1, np.uint64)
-            with np.errstate(over="ignore"):
-                np.cumsum((values * _M1 + _M2) * pw, dtype=np.uint64, out=p[1:])
+            np.cumsum((values * _M1 + _M2) * pw, dtype=np.uint64, out=p[1:])
             self._prefix = p, np.concatenate(([0], np.cumsum(ends - starts)))
         return self._prefix
+
+    def stream_lists(self) -> tuple[bytes, list[int]]:
+        """("".join(words) as UTF-32 bytes, 4 a character; word offsets into it as a list), for Python loops."""
+        if self._lists is None:
+            self._lists = self.stream.tobytes(), self.prefix[1].tolist()
+        return self._lists
 
     def span_hash(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Hashes of the word-character runs [a, b) (a function of those characters only)."""
         p, _ = self.prefix
         _, inv = _powers(len(p))
-        with np.errstate(over="ignore"):
-            return (p[b] - p[a]) * inv[a]
+        return (p[b] - p[a]) * inv[a]  # uint64 arrays wrap silently: the arithmetic is mod 2^64
 
 
 _cache: list[TextAnalysis] = []
@@ -148,12 +155,13 @@ class FastGopherQuality(BaseFilter):
         self.max_bullet_lines_ratio, self.max_ellipsis_lines_ratio = max_bullet_lines_ratio, max_ellipsis_lines_ratio
         self.max_non_alpha_words_ratio, self.min_stop_words = max_non_alpha_words_ratio, min_stop_words
         self.stop_words = set(STOP_WORDS if stop_words is None else stop_words)
+        self._stop_re = None
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         text = doc.text
         a = analyse(text)
-        if self.min_doc_words and len(a.words) < self.min_doc_words:
-            return False, "gopher_short_doc"  # fewer words, so fewer non-symbol words: no need to look closer
+        if self.min_doc_words and len(text) < 20 * self.min_doc_words and len(text.split()) < self.min_doc_words:
+            return False, "gopher_short_doc"  # a stub: fewer words, so fewer non-symbol words, found cheaply
         codes, ns, starts, ends = a.bounds
         n_words = len(starts)
         # per word, the union of its characters' flags (a word's span runs on over the spaces after it, whose
@@ -191,9 +199,25 @@ class FastGopherQuality(BaseFilter):
         if self.max_non_alpha_words_ratio:
             if int(np.count_nonzero(word_flags & _ALPHA)) / n_words < self.max_non_alpha_words_ratio:
                 return False, "gopher_below_alpha_threshold"
-        if self.min_stop_words and len(self.stop_words.intersection(a.words)) < self.min_stop_words:
+        if self.min_stop_words and not self._has_stop_words(text):
             return False, "gopher_enough_stop_words"
         return True
+
+    def _has_stop_words(self, text: str) -> bool:
+        """len(stop_words & set(words)) >= min_stop_words, by searching the text for whole words that are stop
+        words, which usually ends within the first lines."""
+        if self._stop_re is None:
+            # a stop word that is empty or holds whitespace is never a word, as in datatrove's set intersection
+            usable = sorted(w for w in self.stop_words if w and not any(c.isspace() for c in w))
+            self._stop_re = re.compile(r"(?<!\S)(?:" + "|".join(map(re.escape, usable)) + r")(?!\S)") if usable else False
+        if not self._stop_re:
+            return False
+        found = set()
+        for m in self._stop_re.finditer(text):
+            found.add(m.group())
+            if len(found) >= self.min_stop_words:
+                return True
+        return False
 
 
 def _lines_of(text: str) -> list[str]:
@@ -268,24 +292,44 @@ def _top_ngram_chars(a: TextAnalysis, n: int) -> int:
     wh = _word_hashes(a)
     m = len(wh) - n + 1
     key = wh[:m].copy()
-    with np.errstate(over="ignore"):
-        for k in range(1, n):
-            key = key * _C + wh[k:k + m]
+    for k in range(1, n):
+        key = key * _C + wh[k:k + m]
     s = np.sort(key)
-    run_starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
-    counts = np.diff(np.append(run_starts, m))
+    change = np.empty(m + 1, bool)
+    change[0] = change[m] = True
+    np.not_equal(s[1:], s[:-1], out=change[1:m])
+    bounds = np.flatnonzero(change)
+    run_starts, counts = bounds[:-1], np.diff(bounds)
     top = int(counts.max())
     if top == 1:
         first = 0
     else:
-        tied = s[run_starts[counts == top]]
-        first = int(np.argmax(key == tied[0])) if len(tied) == 1 else int(np.flatnonzero(np.isin(key, tied))[0])
-        words = a.words
-        ngram = words[first:first + n]
-        if any(words[p:p + n] != ngram for p in np.flatnonzero(key == key[first]).tolist()):
-            return find_top_duplicate(get_n_grams(words, n))  # a hash collision: datatrove's own count
+        tied = s[run_starts[counts == top]]  # sorted
+        if len(tied) == 1:
+            first = int(np.argmax(key == tied[0]))
+        else:  # the first position whose key is one of the tied
+            at = np.searchsorted(tied, key).clip(max=len(tied) - 1)
+            first = int(np.argmax(tied[at] == key))
+        if not _same_ngrams(a, np.flatnonzero(key == key[first]), first, n):
+            return find_top_duplicate(get_n_grams(a.words, n))  # a hash collision: datatrove's own count
     _, off = a.prefix
     return (int(off[first + n] - off[first]) + n - 1) * top
+
+
+def _same_ngrams(a: TextAnalysis, members: np.ndarray, first: int, n: int) -> bool:
+    """Whether the n-grams at `members` are all the word tuple at `first`: the same word lengths, the same characters."""
+    _, off = a.prefix
+    lengths = np.diff(off)
+    for k in range(n):
+        if not (lengths[members + k] == lengths[first + k]).all():
+            return False
+    size = int(off[first + n] - off[first])
+    step = max(1, 1_000_000 // max(size, 1))  # members compared at once: bounded memory
+    for k in range(0, len(members), step):
+        at = off[members[k:k + step]][:, None] + np.arange(size)
+        if not (a.stream[at] == a.stream[off[first]:off[first] + size]).all():
+            return False
+    return True
 
 
 def _duplicated_ngram_chars(a: TextAnalysis, n: int, limit: float) -> int:
@@ -315,17 +359,17 @@ def _duplicated_ngram_chars(a: TextAnalysis, n: int, limit: float) -> int:
     cand, cand_first, cand_group = pos[later], first_of[later], hs[later]
     by_pos = np.argsort(cand, kind="stable")
     cand, cand_first, cand_group = cand[by_pos].tolist(), cand_first[by_pos].tolist(), cand_group[by_pos].tolist()
-    words, offl = a.words, off
+    chars, offl = a.stream_lists()
     pos, repeated_chars, dups, added = 0, 0, [], set()
     for c, f, g in zip(cand, cand_first, cand_group):
         if c < pos:
             continue  # skipped over by the n positions after a duplicate
-        if "".join(words[c:c + n]) != "".join(words[f:f + n]):
-            return find_all_duplicate(words, n)  # a hash collision: datatrove's own count
+        if chars[4 * offl[c]:4 * offl[c + n]] != chars[4 * offl[f]:4 * offl[f + n]]:
+            return find_all_duplicate(a.words, n)  # a hash collision: datatrove's own count
         i = bisect.bisect_left(dups, f) - 1  # was the first occurrence visited (not inside a skip)?
         first_visited = i < 0 or f - dups[i] >= n
         if first_visited or g in added:
-            repeated_chars += int(offl[c + n] - offl[c])
+            repeated_chars += offl[c + n] - offl[c]
             if repeated_chars > limit:
                 return repeated_chars
             dups.append(c)
