@@ -5,7 +5,8 @@ check or setting, in this order (the most needed first, so a short run still ans
   device      the bf16 matmul rate this card really reaches (the practical ceiling beside the datasheet MFU)
   attention   FlexAttention (compiled on CUDA) + ALiBi, SDPA, RoPE, GQA: outputs and q/k/v gradients against the
               float64 reference kernel, in fp32 and bf16, at the 1.4B's shape (32 heads x 64, context 2048)
-  model       the whole model (2 of the 1.4B's blocks) with attention=auto, eager and compiled per block, vs reference
+  model       the whole model (2 of the 1.4B's blocks, fp32) with attention=auto, eager and compiled per block, vs
+              attention=reference
   train       20 training steps of the tiny preset on real text (bytes of Macbeth), compiled vs eager losses
   precision   one FP8 step (tensorwise, rowwise), one int8 step and one 8-bit AdamW step against bf16 / AdamW;
               one FSDP2 step over a process group of one (NCCL on CUDA)
@@ -87,7 +88,7 @@ PRESET = "configs/lokilm-1.4b.yaml"
 # FlashAttention's own tests accept a fast kernel whose error is at most twice the reference kernel's in the same
 # dtype; the floors cover fp32 matmuls that run in TF32 on the GPU.
 ERROR_FLOOR = {torch.float32: 1e-3, torch.bfloat16: 1e-2}
-MODEL_TOL = {"loss": 1e-2, "grad": 5e-2}  # bf16 autocast, same weights, other attention kernel
+MODEL_TOL = {"loss": 1e-4, "grad": 2e-3}  # fp32, same weights, other attention kernel (TF32 in flex's dots at most)
 TRAIN_TOL = 2e-2   # largest relative gap between compiled and eager losses over the 20 steps, in bf16
 FP8_TOL = 2e-2     # relative loss gap of one FP8 / int8 forward against bf16 on the same weights
 
@@ -337,7 +338,8 @@ def tokens_of_text(n: int) -> torch.Tensor:
 
 def model_check(device: torch.device, overrides: tuple, micro_batch: int, compiled: bool) -> dict:
     """The model with attention=auto (FlexAttention + ALiBi on CUDA), eager or compiled per block, against the same
-    weights with attention=reference, under the training autocast: loss and every gradient."""
+    weights with attention=reference, in fp32 (bf16 would bury a wrong mask or score_mod in the reference's own
+    rounding; the kernels' bf16 accuracy is the attention rows' job): loss and every gradient."""
     cfg = load_config(PRESET, list(overrides))
     m = cfg.model
     torch.manual_seed(0)
@@ -345,9 +347,9 @@ def model_check(device: torch.device, overrides: tuple, micro_batch: int, compil
     fast.init_weights()
     ref = Transformer(dataclasses.replace(m, attention="reference")).to(device)
     ref.load_state_dict(fast.state_dict())
-    parallelize(fast, dataclasses.replace(cfg.train, compile=compiled, precision="auto"), single(device))
+    parallelize(fast, dataclasses.replace(cfg.train, compile=compiled, precision="fp32"), single(device))
     x = torch.randint(0, m.vocab_size, (micro_batch, m.context_length + 1), device=device)
-    autocast = autocast_for(device, "auto")
+    autocast = autocast_for(device, "fp32")
     losses = []
     for model in (fast, ref):
         with autocast():
@@ -360,7 +362,7 @@ def model_check(device: torch.device, overrides: tuple, micro_batch: int, compil
     return {"ok": loss_err <= MODEL_TOL["loss"] and grad_err <= MODEL_TOL["grad"], "loss": losses[0],
             "loss_reference": losses[1], "loss_rel_err": float(f"{loss_err:.3g}"),
             "max_rel_err": float(f"{grad_err:.3g}"), "tolerance": MODEL_TOL, "compiled": compiled,
-            "precision": "auto", "micro_batch": micro_batch}
+            "precision": "fp32", "micro_batch": micro_batch}
 
 
 def train_losses(cfg, device: torch.device, batches: list[torch.Tensor], compiled: bool) -> list[float]:
