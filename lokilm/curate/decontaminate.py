@@ -32,7 +32,7 @@ def ngram_hashes(words: list[str], n: int) -> np.ndarray:
     """One uint64 per word n-gram (none when fewer than n words)."""
     if len(words) < n:
         return np.zeros(0, dtype=np.uint64)
-    h = np.fromiter((xxhash.xxh64_intdigest(w.encode()) for w in words), dtype=np.uint64, count=len(words))
+    h = np.fromiter(map(xxhash.xxh64_intdigest, words), dtype=np.uint64, count=len(words))  # of the UTF-8 bytes
     out = np.zeros(len(words) - n + 1, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for k in range(n):  # wrap-around arithmetic is the hash; order matters, so shifted copies are not symmetric
@@ -47,6 +47,11 @@ class NgramIndex:
         # owners[i]: bit b set when benchmark names[b] has n-gram hashes[i] (one "text" benchmark if not known)
         self.owners = owners if owners is not None else np.ones(len(hashes), np.uint64)
         self.names = names or ["text"]
+        # a bit per value of a hash's top 27 bits, set for the indexed hashes: almost every n-gram of a document
+        # is ruled out by one look-up, and only the rest is searched for in the sorted array
+        self.bitmap = np.zeros(1 << 24, np.uint8)
+        top = (hashes >> np.uint64(37)).astype(np.int64)
+        np.bitwise_or.at(self.bitmap, top >> 3, (1 << (top & 7)).astype(np.uint8))
 
     @classmethod
     def from_texts(cls, texts, n: int) -> NgramIndex:
@@ -103,14 +108,21 @@ class NgramIndex:
 
     def matches(self, text: str) -> list[tuple[int, int, list[str]]]:
         """(start, end, benchmarks) for every word n-gram of `text` found in the index, in text order."""
-        words = _words(text)
-        hashes = ngram_hashes([m.group() for m in words], self.n)
+        low = text.lower()
+        hashes = ngram_hashes(_WORD.findall(low), self.n)
         if not len(hashes) or not len(self.hashes):
             return []
-        pos = np.searchsorted(self.hashes, hashes).clip(max=len(self.hashes) - 1)
-        found = np.flatnonzero(self.hashes[pos] == hashes)
-        return [(words[i].start(), words[i + self.n - 1].end(), self.benchmarks_of(int(self.owners[pos[i]])))
-                for i in found.tolist()]
+        top = (hashes >> np.uint64(37)).astype(np.int64)
+        maybe = np.flatnonzero((self.bitmap[top >> 3] >> (top & 7).astype(np.uint8)) & 1)
+        if not len(maybe):
+            return []
+        pos = np.searchsorted(self.hashes, hashes[maybe]).clip(max=len(self.hashes) - 1)
+        hit = self.hashes[pos] == hashes[maybe]
+        if not hit.any():
+            return []
+        words = list(_WORD.finditer(low))  # positions, only for a document that matched
+        return [(words[i].start(), words[i + self.n - 1].end(), self.benchmarks_of(int(self.owners[p])))
+                for i, p in zip(maybe[hit].tolist(), pos[hit].tolist())]
 
     def benchmarks_of(self, mask: int) -> list[str]:
         return [name for b, name in enumerate(self.names) if mask >> b & 1]
