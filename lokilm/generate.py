@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from lokilm.config import GenerateConfig
 from lokilm.errors import LokiError
@@ -55,9 +56,16 @@ def _positions_and_bias(model: Transformer, pad: torch.Tensor, past: int, T: int
     return positions, bias.masked_fill(masked[:, None], float("-inf"))
 
 
-def padded_forward(model: Transformer, idx: torch.Tensor, pad: torch.Tensor, cache: KVCache) -> torch.Tensor:
+def _unmasked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    # one query per row after every key, none of them padding: nothing to mask (and no copies of k, v for GQA)
+    return F.scaled_dot_product_attention(q, k, v, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def padded_forward(model: Transformer, idx: torch.Tensor, pad: torch.Tensor, cache: KVCache,
+                   last_only: bool = False) -> torch.Tensor:
     """Logits (B, T, V) of left-padded rows idx continuing what `cache` holds; row b has pad[b] padding slots
-    in front. The model's own pieces (embeddings, layers, norm and head) with per-row positions and masks."""
+    in front. The model's own pieces (embeddings, layers, norm and head) with per-row positions and masks.
+    last_only: the logits of the last position only (B, 1, V), sparing the head on the rest of a prompt."""
     cfg = model.cfg
     B, T = idx.shape
     positions, bias = _positions_and_bias(model, pad, cache.length, T, idx.device)
@@ -72,11 +80,12 @@ def padded_forward(model: Transformer, idx: torch.Tensor, pad: torch.Tensor, cac
     if cfg.position == "rope":
         cos, sin = rope_cos_sin(positions.flatten(), cfg.d_model // cfg.n_head, cfg.rope_theta)
         rope = cos.view(B, 1, T, -1), sin.view(B, 1, T, -1)
-    attend = functools.partial(sdpa_attention, bias=bias)
+    plain = T == 1 and cfg.position != "alibi" and not bool(pad.any())
+    attend = _unmasked if plain else functools.partial(sdpa_attention, bias=bias)
     for i in range(cfg.n_layer):
         x = model.layers[i](x, attend, rope, cache, i)
     cache.length += T
-    return model.logits_at(x)
+    return model.logits_at(x[:, -1:] if last_only else x)
 
 
 @torch.no_grad()
@@ -104,7 +113,7 @@ def decode_steps(model: Transformer, prompts: list[list[int]], settings: Generat
     pad = torch.tensor([width - len(ids) for ids in prompts], device=device)
     cache = model.new_cache(batch_size=len(prompts), max_len=width + max(budget), device=device)
     x = torch.tensor([[0] * (width - len(ids)) + ids for ids in prompts], device=device)
-    logits = padded_forward(model, x, pad, cache)[:, -1]
+    logits = padded_forward(model, x, pad, cache, last_only=True)[:, -1]
     active = [b > 0 for b in budget]
     made: list[list[int]] = [[] for _ in prompts]
     while any(active):

@@ -1,0 +1,91 @@
+"""Wall time of a benchmark preset: lokilm's lm-eval adapter (what `loki eval` runs) vs lm-eval's own `hf` model
+on the exported weights, same task YAMLs, same items; and whether their per-item results agree.
+
+    python benchmarks/eval_vs_lmeval.py --config configs/stlm-10m.yaml --limit 4
+    python benchmarks/eval_vs_lmeval.py --run runs/quickstart --limit 20 --tasks arc_challenge,hellaswag
+
+Without --run, builds the config's model with random weights and a byte-level BPE of the model's vocabulary
+size learnt on bundled Shakespeare (equal vocabularies, so both softmaxes run over the same tokens); with
+--run, uses that run's newest checkpoint. Both sides go through lokilm.eval.suite.run_preset (lm-eval's
+simple_evaluate with lokilm's task YAMLs): only the model backend differs. Prints one JSON line with both
+wall times, the speed-up, the largest per-item log-likelihood difference and how many items' metrics differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import lzma
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/stlm-10m.yaml")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--run", help="evaluate this run's checkpoint instead of a random model")
+    p.add_argument("--preset", default="quick")
+    p.add_argument("--tasks", help="comma-separated subset of the preset's tasks")
+    p.add_argument("--limit", type=int, default=4, help="items per task (MMLU: per subject)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = p.parse_args()
+
+    from lm_eval.models.huggingface import HFLM
+
+    from lokilm.checkpoint import load_model
+    from lokilm.config import load_config
+    from lokilm.eval.harness import LokiLM
+    from lokilm.eval.suite import run_preset
+    from lokilm.interop.export import export
+    from lokilm.interop.hf_import import save_as_run
+    from lokilm.model import Transformer
+    from lokilm.rundir import RunDir
+    from lokilm.tokenizer import load_tokenizer, train_bpe
+
+    torch.set_num_threads(args.threads)
+    only = args.tasks.split(",") if args.tasks else None
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(args.run) if args.run else Path(tmp) / "run"
+        if not args.run:
+            cfg = load_config(args.config, args.overrides)
+            text = lzma.open("data/corpus/shakespeare/macbeth_gut.txt.xz", "rt", encoding="utf-8").read()
+            tok = train_bpe([text] * 1, vocab_size=cfg.model.vocab_size, min_frequency=1)
+            cfg.model.vocab_size = tok.get_vocab_size()  # a small text may give a few tokens fewer
+            torch.manual_seed(0)
+            model = Transformer(cfg.model)
+            model.init_weights()
+            save_as_run(model, tok, run, cfg)
+        model, cfg = load_model(run)
+        tok = load_tokenizer(RunDir(cfg).tokenizer)
+        folder = export(run, Path(tmp) / "hf")
+
+        t0 = time.perf_counter()
+        ours = run_preset(LokiLM(model, tok, batch_size=args.batch_size), args.preset, only, limit=args.limit)[1]
+        t_ours = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        hf = HFLM(pretrained=str(folder), device="cpu", dtype="float32", trust_remote_code=True,
+                  batch_size=args.batch_size)
+        theirs = run_preset(hf, args.preset, only, limit=args.limit)[1]
+        t_theirs = time.perf_counter() - t0
+
+    diffs = [abs(x - y) for a, b in zip(ours, theirs) for x, y in zip(a.get("loglikelihoods", []), b.get("loglikelihoods", []))]
+    print(json.dumps({
+        "model": f"{cfg.model.n_layer}x{cfg.model.d_model}, vocab {cfg.model.vocab_size}, {cfg.model.position}",
+        "preset": args.preset, "tasks": only or "all", "limit": args.limit, "items": len(ours),
+        "threads": args.threads, "loki_eval_s": round(t_ours, 1), "lm_eval_hf_s": round(t_theirs, 1),
+        "speedup": round(t_theirs / t_ours, 2), "max_loglikelihood_diff": max(diffs, default=0.0),
+        "items_with_different_metrics": sum(a["metrics"] != b["metrics"] for a, b in zip(ours, theirs)),
+        "same_items": [(a["task"], a["doc_id"]) for a in ours] == [(b["task"], b["doc_id"]) for b in theirs],
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
