@@ -60,8 +60,15 @@ class MinhashSettings:
 @dataclass
 class EmbeddingSettings:
     """all-MiniLM-L6-v2 sentence embeddings, shared by the classifier, SemDeDup and prototype pruning."""
-    device: str = "cpu"
+    # sentence-transformers: MiniLM in PyTorch; onnx: MiniLM through ONNX Runtime (CPU); model2vec: a static
+    # model distilled from MiniLM (lokilm/curate/embeddings.py; figures per backend in docs/LOG.md)
+    backend: Literal["sentence-transformers", "onnx", "model2vec"] = "sentence-transformers"
+    device: str = "cpu"  # sentence-transformers only: cuda runs fp16/bf16 batches of gpu_batch_size
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp16 on CUDA, fp32 on the CPU
     batch_size: int = 64
+    gpu_batch_size: int = 1024
+    onnx_int8: bool = False  # int8 dynamic quantisation of the ONNX model (faster, agrees less: docs/LOG.md)
+    model2vec_dims: int = 256  # PCA dimensions of the distilled static model
     chunk_words: int = 128  # a long document is embedded as the mean of chunks of this many words (~150 word pieces)...
     max_chunks: int = 4  # ...at most this many, spread evenly over it: the embedding time is about linear in chunks
     cache_dir: str = "runs/.cache/embeddings"
@@ -74,6 +81,28 @@ class ClassifierSettings:
     labels: list[str] = field(default_factory=lambda: ["data/quality_labels"])
     threshold: float = 0.5  # keep a document whose predicted quality probability is at least this
     holdout_fraction: float = 0.2
+    # what the head learns from: the human labels (`labels`), the annotator's (`annotations`, from
+    # `loki curate annotate`; a score of at least annotation_positive is good), or both (human wins on overlap)
+    train_on: Literal["human", "annotations", "both"] = "human"
+    annotations: str = "runs/.cache/annotations.jsonl"
+    annotation_positive: int = 3  # FineWeb-Edu's cut on its 0-5 scale
+
+
+@dataclass
+class AnnotateSettings:
+    """`loki curate annotate`: a local instruct model scores documents 0-5 for educational value (FineWeb-Edu's
+    rubric); labels go to curate.classifier.annotations. The model is read as lokilm/distill/teachers.py reads a
+    teacher: kind package (path smollm2), hf (a model folder) or gguf (a file)."""
+    kind: Literal["package", "hf", "gguf"] = "package"
+    path: str = "smollm2"
+    gguf_file: str | None = None
+    inputs: list[str] | None = None  # documents to sample from; None: data.inputs
+    sample: int = 300  # documents of `inputs` to annotate (chosen by hash of id, at least min_words words)
+    human_sample: int = 200  # of the human-labelled documents (classifier.labels) too, for agreement; -1: all
+    min_words: int = 50  # as the Gopher rules keep; shorter documents never reach the classifier
+    max_tokens: int = 384  # of each document shown to the model (its start, as FineWeb-Edu did)
+    batch_size: int = 8
+    seed: int = 0
 
 
 @dataclass
@@ -129,6 +158,7 @@ class CurateConfig:
     minhash: MinhashSettings = field(default_factory=MinhashSettings)
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
+    annotate: AnnotateSettings = field(default_factory=AnnotateSettings)
     semdedup: SemDedupSettings = field(default_factory=SemDedupSettings)
     prototypes: PrototypeSettings = field(default_factory=PrototypeSettings)
     decontaminate: DecontaminateSettings = field(default_factory=DecontaminateSettings)
