@@ -8,6 +8,7 @@ from lokilm.config import load_config
 from lokilm.errors import LokiError
 from lokilm.model import Transformer
 from lokilm.model.config import ModelConfig
+from lokilm.train.trainer import train
 from resume_check import trains_and_resumes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -107,3 +108,15 @@ def test_ffn_sharing_with_lora_and_muon_trains_and_resumes(make_cfg, tmp_path):
 
 def test_block_sharing_trains_and_resumes(make_cfg, tmp_path):
     trains_and_resumes(make_cfg, tmp_path, "model.share=block", "model.share_lora_rank=2")
+
+
+def test_two_fsdp_processes_train_a_shared_model_like_one(make_cfg, tmp_path):
+    """The shared block sits in the root's shard group (one copy, gathered once per forward; the layers' groups
+    hold only their adapters): two ranks give the one-process losses. (FFN sharing passed too; left out for time.)"""
+    from test_parallel import STEPS, losses, torchrun
+
+    opts = ["model.share=block", "model.share_lora_rank=2", "train.halt_at_step=4"]
+    train(make_cfg(tmp_path / "one", *STEPS, *opts))
+    torchrun(make_cfg(tmp_path / "two", *STEPS, *opts))
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(two) == [1, 2, 3, 4] and [two[s] for s in two] == pytest.approx([one[s] for s in two], rel=1e-5)
