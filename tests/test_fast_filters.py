@@ -141,3 +141,10 @@ def test_filters_are_datatrove_steps_with_stats(tmp_path):
     kept = list(f.run(iter(docs)))
     assert [d.id for d in kept] == ["b"]
     assert f.stats["dropped_gopher_short_doc"].total == 1
+
+
+def test_c4_by_sentences_is_identical_too():
+    """C4 with split_paragraph=False applies its line rules to sentences."""
+    texts = ADVERSARIAL + random_texts(100, seed=1)
+    assert_same(texts, [ff.FastC4Quality(split_paragraph=False)],
+                [C4QualityFilter(split_paragraph=False, language=RegexWordTokenizer())])
