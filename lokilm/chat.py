@@ -107,7 +107,7 @@ class Chat:
         settings = replace(self.settings, seed=self.settings.seed + self.answered)
         self.answered += 1
         stops, text = self.stop_ids, ""
-        tokens = (t for t in generate_ids(self.model, ids, settings, self.tok.get_vocab_size(), stop_id=eot_id(self.tok)))
+        tokens = generate_ids(self.model, ids, settings, self.tok.get_vocab_size(), stop_id=eot_id(self.tok))
         held = _Holdback(out, None if self.template is not None else f"\n{USER}")
         try:
             for text in stream_text(self.tok, _until(tokens, stops), held.write):

@@ -97,6 +97,10 @@ def test_weight_shared_models_are_refused_by_name(tmp_path, small_tokenizer):
     with pytest.raises(LokiError, match="model.share='ffn'"):
         export(tmp_path / "run", tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+    if "sincos" in str(ModelConfig.__annotations__["position"]):
+        tiny_run(tmp_path / "run2", small_tokenizer, position="sincos")
+        with pytest.raises(LokiError, match="model.position='sincos'"):
+            export(tmp_path / "run2", tmp_path / "hf")
 
 
 @pytest.mark.parametrize("position", ["rope", "alibi"])

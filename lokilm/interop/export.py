@@ -59,6 +59,8 @@ def check_exportable(m: ModelConfig) -> None:
         raise LokiError(f"model.share={share!r}: weight-shared models cannot be exported yet (Llama and the LokiLM "
                         "remote code hold one set of weights per layer)")
     extra = [f"model.{k}={v!r}" for k, v in to_dict(m).items() if k not in EXPORTED_FIELDS and v != defaults.get(k)]
+    if m.position not in ("rope", "alibi", "learned"):
+        extra.insert(0, f"model.position={m.position!r} (exported: rope, alibi, learned)")
     if extra:
         raise LokiError(f"the export cannot reproduce {', '.join(extra)} (only the plain architecture is exported)")
 
@@ -125,7 +127,7 @@ def export(run_dir: str | Path, out_dir: str | Path, step: int | None = None, dt
                       "pad_token_id": eot, "use_cache": True}
             shutil.copy(REMOTE_CODE, folder / REMOTE_CODE.name)
         config["dtype"] = dtype
-        config["lokilm"] = {"run_dir": str(run_dir), "step": ckpt.step}
+        config["lokilm"] = {"run": Path(run_dir).resolve().name, "step": ckpt.step}
         (folder / "config.json").write_text(json.dumps(config, indent=1))
         generation = {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot, "max_length": m.context_length}
         if n_tokens < m.vocab_size:  # padded vocabulary rows no text maps to: lokilm never samples them
