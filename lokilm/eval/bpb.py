@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 @torch.no_grad()
@@ -24,8 +23,8 @@ def bits_per_byte(model, windows, token_bytes: np.ndarray, n_windows: int, batch
         batch = torch.as_tensor(windows.batch(range(start, min(n, start + batch_size))), device=device)
         x, y = batch[:, :-1], batch[:, 1:]
         with autocast() if autocast else torch.autocast(device.type, enabled=False):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
+            # the model's own nats per target: a byte-level model sums its byte predictions per token
+            loss = model(x, y, reduction="none").float().flatten()
         b = lengths[y.flatten()]
         nats += float((loss * (b > 0)).sum())
         n_bytes += int(b.sum())
