@@ -113,7 +113,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     halt_at_step: int | None = None  # stop after this step, resumable (for time-limited jobs)
     tensorboard: bool = True  # false: no trackers at all (metrics.jsonl only)
-    # where metrics go besides metrics.jsonl (lokilm/train/trackers.py): tensorboard, wandb (offline), mlflow, trackio
+    # where metrics go besides metrics.jsonl (lokilm/train/trackers.py): tensorboard, wandb (offline), mlflow
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
     progress: bool = True
     spike: SpikeConfig = field(default_factory=SpikeConfig)

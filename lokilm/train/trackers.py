@@ -1,25 +1,29 @@
 """Experiment trackers: where a run's scalars go besides metrics.jsonl (TensorBoard, Weights & Biases offline,
-MLflow, Trackio). Each is a small adapter with `log(scalars, step)` and `close()`; `open_trackers` builds the
+MLflow with a local file store). Each is a small adapter with `log(scalars, step)` and `close()`; `open_trackers`
+builds the
 ones `train.trackers` names, and a tracker whose package is missing stops the run with the install command."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import uuid
 from pathlib import Path
 
 from lokilm.errors import LokiError
 
 # name -> (module to import, pip package)
 PACKAGES = {"tensorboard": ("torch.utils.tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
-            "mlflow": ("mlflow", "mlflow"), "trackio": ("trackio", "trackio")}
+            "mlflow": ("mlflow", "mlflow-skinny")}
 
 
 def check_names(names: list[str]) -> None:
     """Config validation: every name is a known tracker (the packages are checked when training starts)."""
+    from lokilm.config import ConfigError
+
     for name in names:
         if name not in PACKAGES:
-            raise LokiError(f"train.trackers: unknown tracker {name!r} (known: {', '.join(PACKAGES)})")
+            raise ConfigError(f"train.trackers: unknown tracker {name!r} (known: {', '.join(PACKAGES)})")
 
 
 def _require(name: str) -> None:
@@ -61,7 +65,7 @@ class Wandb:
 
         id_file = run_dir / "wandb" / "run_id"
         id_file.parent.mkdir(parents=True, exist_ok=True)
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
         self.run = wandb.init(project="lokilm", name=run_name, id=run_id, resume="allow", mode="offline",
                               dir=str(run_dir), settings=wandb.Settings(silent=True, console="off"))
@@ -74,9 +78,11 @@ class Wandb:
 
 
 class MLflow:
-    """MLflow with a file store in run_dir/mlruns (`mlflow ui --backend-store-uri run_dir/mlruns`)."""
+    """MLflow with a file store in run_dir/mlruns (`mlflow ui --backend-store-uri run_dir/mlruns`): plain files
+    beside the run, no server or database (mlflow 3 asks for an explicit opt-in to its file store)."""
 
     def __init__(self, run_dir: Path, start_step: int, run_name: str):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         import mlflow
 
         self.client = mlflow.tracking.MlflowClient(tracking_uri=(run_dir / "mlruns").resolve().as_uri())
@@ -92,24 +98,7 @@ class MLflow:
         self.client.set_terminated(self.run_id)
 
 
-class Trackio:
-    """Trackio (Hugging Face's local-first tracker), stored locally; its dashboard: `trackio show`."""
-
-    def __init__(self, run_dir: Path, start_step: int, run_name: str):
-        import trackio
-
-        os.environ.setdefault("TRACKIO_DIR", str(run_dir / "trackio"))
-        self.trackio = trackio
-        trackio.init(project="lokilm", name=run_name, resume="allow")
-
-    def log(self, scalars: dict[str, float], step: int) -> None:
-        self.trackio.log({_tag(k): v for k, v in scalars.items()}, step=step)
-
-    def close(self) -> None:
-        self.trackio.finish()
-
-
-KINDS = {"tensorboard": TensorBoard, "wandb": Wandb, "mlflow": MLflow, "trackio": Trackio}
+KINDS = {"tensorboard": TensorBoard, "wandb": Wandb, "mlflow": MLflow}
 
 
 def open_trackers(names: list[str], run_dir: Path, start_step: int) -> list:
