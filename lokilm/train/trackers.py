@@ -1,7 +1,6 @@
 """Experiment trackers: where a run's scalars go besides metrics.jsonl (TensorBoard, Weights & Biases offline,
 MLflow with a local file store). Each is a small adapter with `log(scalars, step)` and `close()`; `open_trackers`
-builds the
-ones `train.trackers` names, and a tracker whose package is missing stops the run with the install command."""
+builds the ones `train.trackers` names, and a tracker whose package is missing stops the run with the install command."""
 
 from __future__ import annotations
 
