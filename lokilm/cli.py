@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(train)
     train.add_argument("--restart", action="store_true", help=restart)
     run = sub.add_parser("run", help="every stage in order: curate (when curate.enabled), tokenizer, tokenize, "
-                         "distill (the teacher caches, when distill.enabled), train, eval, generate",
+                         "distill (the teacher caches, when distill.enabled), train, eval, generate, report",
                          description=STAGE_HELP)
     _config_args(run)
     run.add_argument("--restart", action="store_true", help=restart)
@@ -231,13 +231,12 @@ def _curate(args: argparse.Namespace) -> int:
         RunDir(cfg).save_config()
         summary = curate_stage(cfg)
     print(curate_json(summary))
-    print(f"report: {RunDir(cfg).root / 'curate' / 'report.md'}")
+    print(f"report: {RunDir(cfg).curate_report_md}")
     return 0
 
 
 def _distill(args: argparse.Namespace) -> int:
     from lokilm.config import load_config
-    from lokilm.rundir import RunDir
 
     cfg = load_config(args.config, args.overrides)
     with _holding(cfg, f"distill {args.distill_command}"):

@@ -15,12 +15,12 @@ import yaml
 
 from lokilm.curate.settings import CurateConfig
 from lokilm.distill.settings import DistillConfig
-from lokilm.errors import LokiError
+from lokilm.errors import ConfigError, LokiError, check  # noqa: F401 (ConfigError: re-exported)
 from lokilm.model.config import ModelConfig
 
 
-class ConfigError(LokiError, ValueError):
-    """A config file or override is wrong; the message names the key and the problem."""
+# where train.trackers can send metrics (lokilm/train/trackers.py opens each)
+TRACKERS = ("tensorboard", "wandb", "mlflow")
 
 
 @dataclass
@@ -179,9 +179,8 @@ class Config:
                    f"{start} must be a multiple of train.micro_batch_size={t.micro_batch_size} and at most train.batch_size")
         _check(0.0 <= self.data.holdout_fraction < 1.0, "data.holdout_fraction", "must be in [0, 1)")
         _check(self.data.holdout_bytes >= 0, "data.holdout_bytes", f"must be >= 0 (0: use holdout_fraction), got {self.data.holdout_bytes}")
-        from lokilm.train.trackers import check_names
-
-        check_names(t.trackers)
+        for name in t.trackers:  # the packages are checked when training starts (lokilm/train/trackers.py)
+            _check(name in TRACKERS, "train.trackers", f"unknown tracker {name!r} (known: {', '.join(TRACKERS)})")
         _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
         _check(t.keep_checkpoints >= 2, "train.keep_checkpoints", "must be >= 2 so a corrupt latest checkpoint has a fallback")
         _check(0.0 <= t.dropout_schedule_until <= 1.0, "train.dropout_schedule_until",
@@ -247,9 +246,7 @@ def _validate_distill(d: DistillConfig) -> None:
     _check(d.top_p is None or 0.0 < d.top_p <= 1.0, "distill.top_p", f"must be in (0, 1] (or unset), got {d.top_p}")
 
 
-def _check(ok: bool, key: str, problem: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {problem}")
+_check = check
 
 
 # ---------------------------------------------------------------- loading and overriding

@@ -41,6 +41,13 @@ class RunDir:
         cfg.run_dir = str(run_dir)
         return cls(cfg)
 
+    @classmethod
+    def at(cls, run_dir: str | Path) -> RunDir:
+        """The paths of the run directory `run_dir` without reading its config (defaults for the rest)."""
+        cfg = Config()
+        cfg.run_dir = str(run_dir)
+        return cls(cfg)
+
     # ------------------------------------------------------------------ inputs
 
     @property
@@ -106,8 +113,13 @@ class RunDir:
     def distill_cache(self) -> Path:
         return Path(self.cfg.distill.cache_dir) if self.cfg.distill.cache_dir else self.root / "distill"
 
+    @property
+    def evals(self) -> Path:
+        """One folder per evaluation (eval_dir)."""
+        return self.root / "eval"
+
     def eval_dir(self, preset: str, limit: int | None = None) -> Path:
-        return self.root / "eval" / (preset if limit is None else f"{preset}-limit{limit}")
+        return self.evals / (preset if limit is None else f"{preset}-limit{limit}")
 
     def child(self, name: str) -> Path:
         """A sub-run's directory (an experiment's arm, an ablation's variant x seed)."""
@@ -115,8 +127,12 @@ class RunDir:
 
     # ------------------------------------------------------------------ stage summaries and skipping
 
+    @property
+    def stages(self) -> Path:
+        return self.root / "stages"
+
     def stage_summary(self, stage: str) -> Path:
-        return self.root / "stages" / f"{stage}.json"
+        return self.stages / f"{stage}.json"
 
     def write_summary(self, stage: str, summary: dict) -> None:
         write_json(self.stage_summary(stage), summary)

@@ -148,7 +148,23 @@ def read_meta(folder: str | Path) -> dict:
     path = Path(folder) / "meta.json"
     if not path.is_file():
         raise LokiError(f"no token shards in {folder} (missing meta.json): run `loki tokenize` first")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+        if meta.get("dtype") not in ("uint16", "uint32"):
+            raise ValueError(f"dtype {meta.get('dtype')!r}")
+        if not isinstance(meta.get("vocab_size"), int) or meta["vocab_size"] <= 0:
+            raise ValueError(f"vocab_size {meta.get('vocab_size')!r}")
+        for split in ("train", "val"):
+            info = meta["splits"][split]
+            if not isinstance(info["tokens"], int) or not all(
+                    isinstance(s["file"], str) and "/" not in s["file"] and isinstance(s["tokens"], int)
+                    for s in info["shards"]):
+                raise ValueError(f"the {split} split's entries")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise LokiError(f"{path} is damaged ({e}): re-run `loki tokenize` (delete {folder} first)") from None
+    return meta
 
 
 class TokenWindows:
@@ -167,7 +183,10 @@ class TokenWindows:
             path = Path(folder) / shard["file"]
             if not path.is_file():
                 raise LokiError(f"shard {path} listed in meta.json is missing")
-            arr = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+            try:
+                arr = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+            except ValueError as e:  # e.g. an odd number of bytes for uint16 tokens
+                raise LokiError(f"shard {path} is damaged ({e}): re-run `loki tokenize`") from None
             if len(arr) != shard["tokens"]:
                 raise LokiError(f"shard {path} holds {len(arr)} tokens, meta.json says {shard['tokens']}: truncated?")
             self.arrays.append(arr)
@@ -187,7 +206,13 @@ class TokenWindows:
         return np.asarray(self.arrays[shard][off: off + self.seq_len + 1], dtype=np.int64)
 
     def batch(self, indices: Iterable[int]) -> np.ndarray:
-        return np.stack([self[i] for i in indices])
+        out = np.stack([self[i] for i in indices])
+        # checked per batch (cheap) rather than by scanning every shard up front (terabytes at scale): an id past
+        # the vocabulary would index past the embedding table, a crash deep in the model or silent garbage
+        if out.size and int(out.max()) >= self.meta["vocab_size"]:
+            raise LokiError(f"shard data in {self.folder} holds token id {int(out.max())} >= the vocabulary size "
+                            f"{self.meta['vocab_size']} in meta.json: the shards are damaged; re-run `loki tokenize`")
+        return out
 
     def documents(self, n: int | None = None) -> np.ndarray:
         """For each of the first n windows, a number for the document its first target token belongs to

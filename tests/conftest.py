@@ -64,7 +64,11 @@ def make_cfg(prepared):
     """Build the config of a small model that trains on the prepared shards, in its own run directory."""
     from lokilm.config import load_config
 
-    def make(run_dir, *overrides):
-        return load_config("configs/tiny.yaml", SMALL + [f"run_dir={run_dir}", f"data.shards={prepared}/shards",
-                                                         f"tokenizer.path={prepared}/tokenizer.json", *overrides])
+    def overrides(run_dir):
+        """The same settings as command-line overrides, for tests that drive the `loki` command."""
+        return SMALL + [f"run_dir={run_dir}", f"data.shards={prepared}/shards", f"tokenizer.path={prepared}/tokenizer.json"]
+
+    def make(run_dir, *more):
+        return load_config("configs/tiny.yaml", [*overrides(run_dir), *more])
+    make.overrides = overrides
     return make

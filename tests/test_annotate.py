@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from lokilm.cli import main
-from lokilm.curate.annotate import Annotator, annotate, read_annotations
+from lokilm.curate.annotate import Annotator, annotate
+from lokilm.curate.labels import read_annotations
 from lokilm.curate.classifier import train_classifier
 from lokilm.curate.embeddings import Embedder, load_minilm
 from lokilm.curate.settings import AnnotateSettings, ClassifierSettings, EmbeddingSettings

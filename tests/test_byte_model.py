@@ -3,7 +3,6 @@ bits per byte over bytes, generation that round-trips Unicode, training and resu
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,7 +11,8 @@ from lokilm.errors import LokiError
 from lokilm.eval.bpb import bits_per_byte
 from lokilm.byte_generate import complete_bytes, generate_bytes
 from lokilm.model import Transformer
-from lokilm.model.byte_level import END, FIRST_SPECIAL, PAD, byte_table, chunk_bytes
+from lokilm.model.byte_level import END, FIRST_SPECIAL, PAD, chunk_bytes
+from lokilm.tokenizer.byte_table import byte_table
 from lokilm.model.config import ModelConfig
 from lokilm.tokenizer import encode, eot_id, token_byte_lengths
 from resume_check import trains_and_resumes

@@ -3,7 +3,6 @@ self-speculative decoding (lokilm/model/early_exit.py, lokilm/speculative.py, lo
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from lokilm.cli import main
 from lokilm.config import GenerateConfig, load_config

@@ -28,6 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save
 
+from lokilm.checkpoint.dcp_metadata import check_metadata
 from lokilm.errors import LokiError
 from lokilm.fileio import sha256_file
 
@@ -65,17 +66,14 @@ class Checkpoint:
     def load_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         try:
             tensors = load_file(str(self.path / "optimizer.safetensors"))
-            state: dict[int, dict] = {}
-            for key, value in tensors.items():
-                _, idx, name = key.split(".", 2)
-                state.setdefault(int(idx), {})[name] = value
+            state = _unflatten_optimizer_state(tensors, self.state.get("optimizer_quantized", {}))
             groups = self.state["optimizer_param_groups"]
             for group, current in zip(groups, optimizer.param_groups):
                 for k, v in current.items():  # values the optimiser keeps as tensors (torchao: lr) go back as tensors
                     if isinstance(v, torch.Tensor) and k in group and not isinstance(group[k], torch.Tensor):
                         group[k] = torch.tensor(group[k], dtype=v.dtype, device=v.device)
             optimizer.load_state_dict({"state": state, "param_groups": groups})
-        except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+        except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, TypeError, ImportError) as e:
             raise CheckpointError(f"checkpoint {self.path}: the optimiser state cannot be loaded ({e!r})") from None
 
     def rng_states(self) -> dict[str, torch.Tensor]:
@@ -103,6 +101,57 @@ def _write(path: Path, data: bytes, hashes: dict) -> None:
     hashes[path.name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
+# Quantised optimiser states (torchao's 8-bit AdamW keeps its moments as OptimState8bit: uint8 codes, block scales
+# and a code book) are tensor subclasses safetensors cannot write. They are stored as their inner tensors plus
+# their attributes, and rebuilt on load, so a resumed 8-bit run continues from exactly the same moments. Only the
+# classes named here are rebuilt: a checkpoint cannot make lokilm import and call anything else.
+_QUANTIZED = {"OptimState8bit": "torchao.optim.subclass_8bit"}
+
+
+def _flatten_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    tensors, quantized = {}, {}
+    for i, entries in state.items():
+        for name, t in entries.items():
+            key = f"state.{i}.{name}"
+            cls = type(t).__name__
+            if cls in _QUANTIZED:
+                inner, (signed, dtype) = t.__tensor_flatten__()
+                for attr in inner:
+                    tensors[f"{key}@{attr}"] = getattr(t, attr).detach().contiguous().cpu()
+                quantized[key] = {"class": cls, "signed": bool(signed), "dtype": str(dtype).removeprefix("torch.")}
+            elif hasattr(t, "__tensor_flatten__"):
+                raise CheckpointError(f"optimiser state {name} of parameter {i} is a {cls}, which lokilm cannot save")
+            else:
+                tensors[key] = torch.as_tensor(t).detach().contiguous().cpu()
+    return tensors, quantized
+
+
+def _unflatten_optimizer_state(tensors: dict[str, torch.Tensor], quantized: dict) -> dict[int, dict]:
+    import importlib
+
+    state: dict[int, dict] = {}
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if "@" in key:
+            base, attr = key.split("@", 1)
+            parts.setdefault(base, {})[attr] = value
+            continue
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = value
+    if set(parts) != set(quantized):
+        raise ValueError(f"quantised states {sorted(parts)[:3]} do not match state.json's {sorted(quantized)[:3]}")
+    for key, info in quantized.items():
+        if info.get("class") not in _QUANTIZED or not isinstance(info.get("signed"), bool):
+            raise ValueError(f"unknown quantised optimiser state {info!r}")
+        cls = getattr(importlib.import_module(_QUANTIZED[info["class"]]), info["class"])
+        dtype = getattr(torch, str(info.get("dtype")), None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"bad dtype in {info!r}")
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = cls.__tensor_unflatten__(parts[key], [info["signed"], dtype])
+    return state
+
+
 def _jsonable(groups: list[dict]) -> list[dict]:
     """Optimiser param groups for state.json: tensors (torchao keeps lr as one) become numbers."""
     return [{k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in g.items()} for g in groups]
@@ -120,10 +169,11 @@ def save_checkpoint(folder: str | Path, step: int, model: torch.nn.Module, optim
         tmp.mkdir()
         _write(tmp / "model.safetensors", save_model_bytes(model), hashes)
         opt = optimizer.state_dict()
-        _write(tmp / "optimizer.safetensors", save({f"state.{i}.{name}": torch.as_tensor(t).detach().contiguous().cpu()
-                                                    for i, s in opt["state"].items() for name, t in s.items()}), hashes)
+        tensors, quantized = _flatten_optimizer_state(opt["state"])
+        _write(tmp / "optimizer.safetensors", save(tensors), hashes)
         _write(tmp / "rng.safetensors", save(rng_states()), hashes)
-        _write(tmp / "state.json", json.dumps({**state, "optimizer_param_groups": _jsonable(opt["param_groups"])},
+        _write(tmp / "state.json", json.dumps({**state, "optimizer_param_groups": _jsonable(opt["param_groups"]),
+                                               **({"optimizer_quantized": quantized} if quantized else {})},
                                               indent=1).encode(), hashes)
     except (OSError, SafetensorError) as e:  # a full disk surfaces as either
         shutil.rmtree(tmp, ignore_errors=True)
@@ -222,7 +272,7 @@ def verify(path: Path) -> str | None:
     return None
 
 
-def _check_contents(path: Path) -> tuple[dict | None, str | None]:
+def check_contents(path: Path) -> tuple[dict | None, str | None]:
     """(state.json's content, None), or (None, what is wrong): every safetensors header parses, the sharded
     metadata is one this package reads, and state.json holds what a resume needs. A checkpoint can pass its
     checksums and still be wrong (edited, then re-sealed), so this is checked too."""
@@ -246,8 +296,6 @@ def _check_contents(path: Path) -> tuple[dict | None, str | None]:
     except (OSError, ValueError, KeyError, UnicodeDecodeError) as e:
         return None, f"unreadable state.json ({e})"
     if (path / SHARDED).is_dir():
-        from lokilm.checkpoint.sharded import check_metadata
-
         problem = check_metadata(path / SHARDED)
         if problem:
             return None, problem
@@ -262,7 +310,7 @@ def latest_checkpoint(folder: str | Path, below: int | None = None) -> Checkpoin
         problem = verify(path)
         state = None
         if problem is None:
-            state, problem = _check_contents(path)
+            state, problem = check_contents(path)
         if state is not None:
             return Checkpoint(path=path, step=int(state["step"]), state=state)
         older = "trying the previous one" if i + 1 < len(paths) else "no older checkpoint to fall back to"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lokilm.curate.labels import read_annotations, read_labels
 from lokilm.curate.settings import AnnotateSettings, ClassifierSettings
 from lokilm.errors import LokiError
 
@@ -149,32 +150,12 @@ def _neg(hexdigest: str) -> int:
 
 def human_documents(cs: ClassifierSettings, n: int, seed: int) -> list[dict]:
     """n of the human-labelled documents (all with n = -1), chosen by hash of the text."""
-    from lokilm.curate.classifier import read_labels
-
     if n == 0:
         return []
     items = read_labels(cs.labels)
     items = sorted(items, key=lambda tl: hashlib.sha1(f"{seed}:{tl[0]}".encode("utf-8", "replace")).hexdigest())
     items = items if n < 0 else items[:n]
     return [{"id": f"human:{_sha1(t)[:16]}", "source": "human", "human_label": label, "text": t} for t, label in items]
-
-
-def read_annotations(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    rows = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n == len(lines):  # a run killed mid-write leaves a partial last line: that document is scored again
-                break
-            raise LokiError(f"{path}:{n} is not a JSON line; delete the file to annotate again") from None
-    return rows
 
 
 def annotate(a: AnnotateSettings, cs: ClassifierSettings, inputs: list[str]) -> dict:

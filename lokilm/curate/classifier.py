@@ -4,7 +4,6 @@ model's annotations (`loki curate annotate`) or both, and its filter step."""
 from __future__ import annotations
 
 import json
-import lzma
 from pathlib import Path
 
 import numpy as np
@@ -12,31 +11,14 @@ from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
 from lokilm.curate.embeddings import Embedder, backend_name
+from lokilm.curate.labels import read_annotations, read_labels
 from lokilm.curate.settings import ClassifierSettings, EmbeddingSettings
 from lokilm.errors import LokiError
 from lokilm.shards import split_of
 
 
-def read_labels(paths: list[str]) -> list[tuple[str, int]]:
-    """(text, label) from JSONL files (optionally .xz) with `text` and a 0/1 `label`; repeated texts once."""
-    files = [f for p in paths for f in (sorted(Path(p).glob("*.jsonl*")) if Path(p).is_dir() else [Path(p)])]
-    if not files:
-        raise LokiError(f"no labelled JSONL files in {paths}")
-    seen: dict[str, int] = {}
-    for f in files:
-        opener = lzma.open if f.suffix == ".xz" else open
-        with opener(f, "rt", encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    r = json.loads(line)
-                    seen.setdefault(r["text"], int(r["label"]))
-    return list(seen.items())
-
-
 def annotated_labels(cs: ClassifierSettings) -> list[tuple[str, int]]:
     """(text, 0/1) from the annotator's labels: a score of at least annotation_positive is a good document."""
-    from lokilm.curate.annotate import read_annotations
-
     rows = read_annotations(cs.annotations)
     if not rows:
         raise LokiError(f"curate.classifier.train_on={cs.train_on} needs the annotator's labels, and "

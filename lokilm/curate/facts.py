@@ -12,7 +12,7 @@ import re
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from lokilm.curate.heuristics import RegexWordTokenizer
+from lokilm.curate.words import RegexWordTokenizer
 
 _MONTH = r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
 _UNIT = (r"(?:%|per ?cent|percent|km|kilomet(?:re|er)s?|m|metres?|meters?|cm|mm|miles?|feet|ft|inch(?:es)?|kg|kilograms?|"

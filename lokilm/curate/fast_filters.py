@@ -33,7 +33,7 @@ from datatrove.pipeline.filters.gopher_quality_filter import STOP_WORDS
 from datatrove.pipeline.filters.gopher_repetition_filter import find_all_duplicate, find_top_duplicate, get_n_grams
 from datatrove.utils.text import PUNCTUATION_SET
 
-from lokilm.curate.heuristics import _SENTENCE_END
+from lokilm.curate.words import _SENTENCE_END
 
 _B = np.uint64(0x9E3779B97F4A7C15)  # odd multipliers (mod 2^64 they are invertible): the prefix hash's base...
 _B_INV = np.uint64(pow(0x9E3779B97F4A7C15, -1, 1 << 64))
@@ -491,6 +491,6 @@ def _sentence_count(line: str) -> int:
 def _sentences(text: str) -> list[str]:
     from datatrove.utils.text import split_into_sentences
 
-    from lokilm.curate.heuristics import RegexWordTokenizer
+    from lokilm.curate.words import RegexWordTokenizer
 
     return split_into_sentences(text, RegexWordTokenizer())

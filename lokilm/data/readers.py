@@ -109,7 +109,10 @@ def _iter_inputs(paths: list[Path], text_field: str, stats: ReadStats) -> Iterat
         parent = os.path.dirname(os.path.abspath(path))  # ids keep the folder's own name: "corpus/wiki/wiki_00.xz"
         for file in _walk(path):
             rel = Path(os.path.relpath(os.path.abspath(file), parent)).as_posix()
-            if _is_corpus_name(file.name):
+            if not file.is_file():  # a FIFO, socket or device: opening it would block forever (or read garbage)
+                stats.files += 1
+                stats.count("skipped", "not_a_regular_file", str(file))
+            elif _is_corpus_name(file.name):
                 yield from _read_file(file, rel, text_field, stats)
             else:
                 stats.files += 1

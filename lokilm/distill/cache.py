@@ -58,7 +58,9 @@ def kd_windows(n_train_windows: int, count: int, seed: int) -> np.ndarray:
 
 
 def cache_root(cfg) -> Path:
-    return Path(cfg.distill.cache_dir) if cfg.distill.cache_dir else Path(cfg.run_dir) / "distill"
+    from lokilm.rundir import RunDir
+
+    return RunDir(cfg).distill_cache
 
 
 def prefix_tokens(cfg) -> int:

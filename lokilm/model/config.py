@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from lokilm.errors import check as _check
+
 
 @dataclass
 class ModelConfig:
@@ -43,8 +45,6 @@ class ModelConfig:
 
     def validate(self) -> None:
         """The checks of the options above (Config.validate does the shape checks common to every model)."""
-        from lokilm.config import _check  # here: lokilm.config imports this module
-
         _check(self.share_lora_rank >= 0, "model.share_lora_rank", f"must be >= 0, got {self.share_lora_rank}")
         _check(self.share != "none" or self.share_lora_rank == 0, "model.share_lora_rank",
                "adapts shared weights: set model.share to ffn or block too")

@@ -66,7 +66,7 @@ def _overview(run: RunDir) -> Section:
     s.p(f"Run directory `{run.root}`. Model: {m.n_layer} layers, {m.n_head} heads, width {m.d_model}, SwiGLU {m.d_ff}, "
         f"context {m.context_length}, vocabulary {m.vocab_size:,}, positions {m.position}.")
     rows = []
-    for path in sorted((run.root / "stages").glob("*.json")):
+    for path in sorted(run.stages.glob("*.json")):
         summary = _read_json(path) or {}
         rows.append([path.stem, summary.get("status", "?")])
     if rows:
@@ -180,7 +180,7 @@ def _eval_json(run: RunDir) -> dict | None:
     preferred = run.eval_dir(run.cfg.eval.preset) / "eval.json"
     if preferred.is_file():
         return _read_json(preferred)
-    others = sorted((run.root / "eval").glob("*/eval.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    others = sorted(run.evals.glob("*/eval.json"), key=lambda p: p.stat().st_mtime, reverse=True)
     return _read_json(others[0]) if others else None
 
 

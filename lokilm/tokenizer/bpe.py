@@ -42,6 +42,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         raise LokiError(f"tokenizer file {path} could not be loaded: {e}") from None
     if tok.token_to_id(EOT) is None:
         raise LokiError(f"tokenizer {path} has no {EOT} token, which lokilm uses to separate documents")
+    # The literal text "<|endoftext|>" inside a document is text, not the document separator: otherwise any
+    # document could split itself (and a web page quoting it would).
+    tok.encode_special_tokens = True
     return tok
 
 

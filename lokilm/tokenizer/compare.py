@@ -14,18 +14,19 @@ from tokenizers import Tokenizer
 
 from lokilm.config import Config
 from lokilm.data.readers import DataError, ReadStats, iter_documents
-from lokilm.rundir import RunDir, write_json
+from lokilm.fileio import write_json
+from lokilm.rundir import RunDir
 from lokilm.shards import split_of
-from lokilm.stages import _train_texts
+from lokilm.data.inputs import split_cut, train_texts
 from lokilm.tokenizer.adapt import adapt_cl100k, cl100k_tokenizer
 from lokilm.tokenizer.bpe import encode, take_bytes, train_bpe
 
 HELDOUT_MAX_BYTES = 20_000_000  # per input: enough for stable ratios, bounded for big corpora
 
 
-def heldout_texts(cfg: Config, inputs: list[str], stats: ReadStats) -> list[str]:
+def heldout_texts(cfg: Config, inputs: list[str], stats: ReadStats, cut: float) -> list[str]:
     docs = iter_documents(inputs, text_field=cfg.data.text_field, stats=stats)
-    return list(take_bytes((d.text for d in docs if split_of(d.id, cfg.data.holdout_fraction) == "val"), HELDOUT_MAX_BYTES))
+    return list(take_bytes((d.text for d in docs if split_of(d.id, cut) == "val"), HELDOUT_MAX_BYTES))
 
 
 def measure(tok: Tokenizer, texts: list[str]) -> dict:
@@ -40,10 +41,10 @@ def measure(tok: Tokenizer, texts: list[str]) -> dict:
 def compare_stage(cfg: Config) -> dict:
     run, t = RunDir(cfg), cfg.tokenizer
     vocab = t.vocab_size or cfg.model.vocab_size
-    out = run.root / "tokenizer_compare"
+    out = run.tokenizer_compare
     out.mkdir(parents=True, exist_ok=True)
-    start, stats = time.time(), ReadStats()
-    sample = list(take_bytes(_train_texts(cfg, stats), t.train_max_bytes))
+    start, stats, cut = time.time(), ReadStats(), split_cut(cfg)
+    sample = list(take_bytes(train_texts(cfg, stats, cut), t.train_max_bytes))
     if not sample:
         raise DataError(f"no training documents could be read from data.inputs={cfg.data.inputs}")
     sample_bytes = sum(len(s.encode("utf-8")) for s in sample)
@@ -57,7 +58,7 @@ def compare_stage(cfg: Config) -> dict:
     adapted.save(str(out / "adapted.json"))
     fresh.save(str(out / "bpe.json"))
     tokenizers = {"cl100k_base": cl100k_tokenizer(), "adapted": adapted, "bpe": fresh}
-    heldout = {str(inp): heldout_texts(cfg, [inp], ReadStats()) for inp in cfg.data.inputs}
+    heldout = {str(inp): heldout_texts(cfg, [inp], ReadStats(), cut) for inp in cfg.data.inputs}
     heldout = {k: v for k, v in heldout.items() if v}
     if not heldout:
         raise DataError(f"no held-out documents in data.inputs={cfg.data.inputs} "

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lokilm.errors import LokiError
 from lokilm.fileio import atomic_write
+from lokilm.rundir import RunDir
 
 
 def peak_flops(device) -> float | None:
@@ -29,8 +30,8 @@ class MetricsLog:
         default TensorBoard alone), each opened through lokilm/train/trackers.py."""
         from lokilm.train.trackers import open_trackers
 
-        self.path = run_dir / "metrics.jsonl"
-        self.events_path = run_dir / "events.jsonl"
+        run = RunDir.at(run_dir)
+        self.path, self.events_path = run.metrics, run.events
         # a resumed run rewrites the steps after its checkpoint
         dropped = _truncate_after(self.path, start_step)
         names = (["tensorboard"] if trackers is None else trackers) if tensorboard else []
@@ -128,4 +129,4 @@ def _truncate_after(path: Path, step: int) -> bool:
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """Every record of a run's metrics.jsonl (a cut-off last line, from a killed run, is skipped)."""
-    return [record for _, record in _records(Path(run_dir) / "metrics.jsonl")[0]]
+    return [record for _, record in _records(RunDir.at(run_dir).metrics)[0]]

@@ -33,7 +33,7 @@ class ByteTable(Unit):
         self.model, self.tokenizer = model, tokenizer
 
     def start(self, resumed: bool) -> None:
-        from lokilm.model.byte_level import byte_table
+        from lokilm.tokenizer.byte_table import byte_table
         from lokilm.tokenizer import load_tokenizer
 
         cfg = self.model.cfg

@@ -9,17 +9,20 @@ import os
 import uuid
 from pathlib import Path
 
-from lokilm.errors import LokiError
+from lokilm.config import TRACKERS
+from lokilm.errors import ConfigError, LokiError
+from lokilm.rundir import RunDir
 
 # name -> (module to import, pip package)
 PACKAGES = {"tensorboard": ("torch.utils.tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
             "mlflow": ("mlflow", "mlflow-skinny")}
 
 
-def check_names(names: list[str]) -> None:
-    """Config validation: every name is a known tracker (the packages are checked when training starts)."""
-    from lokilm.config import ConfigError
+assert tuple(PACKAGES) == TRACKERS, "config.TRACKERS names the trackers this module opens"
 
+
+def check_names(names: list[str]) -> None:
+    """Every name is a known tracker (the packages are checked when training starts)."""
     for name in names:
         if name not in PACKAGES:
             raise ConfigError(f"train.trackers: unknown tracker {name!r} (known: {', '.join(PACKAGES)})")
@@ -45,7 +48,7 @@ class TensorBoard:
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step: a resumed run's events after its checkpoint are replaced, not drawn twice
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
+        self.writer = SummaryWriter(str(RunDir.at(run_dir).tensorboard), purge_step=start_step + 1)
 
     def log(self, scalars: dict[str, float], step: int) -> None:
         for k, v in scalars.items():

@@ -152,10 +152,10 @@ class Trainer:
 
     def _check_data(self) -> None:
         cfg = self.cfg
+        meta = read_meta(self.run.shards)  # missing or damaged shards: a clear ShardError naming the fix
         if not self.run.tokenizer.is_file():
             raise LokiError(f"no tokenizer at {self.run.tokenizer}: run `loki tokenizer train` (or `loki run`) first, "
                             "or set tokenizer.path")
-        meta = read_meta(self.run.shards)  # a missing or damaged meta.json: a clear ShardError
         self.tokenizer_sha256 = sha256_file(self.run.tokenizer)
         # Shards made with another tokenizer would train on ids that mean other text (checked when the shards
         # record theirs; older shards do not)
