@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +26,22 @@ TRACKERS = ("tensorboard", "wandb", "mlflow")
 
 
 @dataclass
+class SourceConfig:
+    """One named source of a data mixture (lokilm/data/mixture.py)."""
+    name: str = ""  # letters, digits, - and _: also its shard folder's name (shards/<name>/)
+    inputs: list[str] = field(default_factory=list)  # files or folders, read like data.inputs
+    weight: float = 1.0  # its share of the training tokens (weights that do not sum to 1 are normalised)
+    text_field: str | None = None  # the JSONL/Parquet key holding the text; None: data.text_field
+
+
+@dataclass
+class PhaseConfig:
+    """One phase of data.phases: the mixture's weights for the training tokens before until_tokens."""
+    until_tokens: int | None = None  # None: to the end of training (the last phase only)
+    weights: dict[str, float] = field(default_factory=dict)  # source name -> weight; empty: data.mixture's
+
+
+@dataclass
 class DataConfig:
     # Files or folders of raw text: .txt (Project Gutenberg boilerplate is stripped), WikiExtractor
     # <doc> files, .jsonl; each may be compressed (.xz, .bz2, .gz, .zst). Relative paths are read
@@ -36,6 +54,11 @@ class DataConfig:
     holdout_bytes: int = 0
     shard_tokens: int = 100_000_000  # tokens per shard file
     shards: str | None = None  # train on this shard folder instead of the run's own shards/
+    # Named sources with weights, instead of inputs: one shard folder per source, and a training sampler that
+    # gives each its share of the tokens exactly (lokilm/data/mixture.py, lokilm/train/mixture_data.py)
+    mixture: list[SourceConfig] = field(default_factory=list)
+    # Optional schedule of the mixture's weights by training tokens, e.g. machine-generated text early on
+    phases: list[PhaseConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -179,6 +202,7 @@ class Config:
                    f"{start} must be a multiple of train.micro_batch_size={t.micro_batch_size} and at most train.batch_size")
         _check(0.0 <= self.data.holdout_fraction < 1.0, "data.holdout_fraction", "must be in [0, 1)")
         _check(self.data.holdout_bytes >= 0, "data.holdout_bytes", f"must be >= 0 (0: use holdout_fraction), got {self.data.holdout_bytes}")
+        _validate_mixture(self)
         for name in t.trackers:  # the packages are checked when training starts (lokilm/train/trackers.py)
             _check(name in TRACKERS, "train.trackers", f"unknown tracker {name!r} (known: {', '.join(TRACKERS)})")
         _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
@@ -229,6 +253,58 @@ def _validate_numbers(cfg: Config) -> None:
     _check(g.top_k is None or g.top_k >= 0, "generate.top_k", f"must be >= 0 (0: off), got {g.top_k}")
     _check(g.top_p is None or (_finite(g.top_p) and 0 < g.top_p <= 1), "generate.top_p",
            f"must be in (0, 1] (1: off), got {g.top_p}")
+
+
+def _normalised(weights: dict[str, float], key: str) -> dict[str, float]:
+    """Weights scaled to sum to 1, with a note on stderr when they did not (the config is normalised in place,
+    so the run's saved config.yaml holds what was trained on and the note is printed once)."""
+    total = sum(weights.values())
+    if abs(total - 1.0) > 1e-6:
+        shares = ", ".join(f"{name} {w / total:.4g}" for name, w in weights.items())
+        print(f"loki: note: {key} weights sum to {total:g}, not 1; normalised to {shares}", file=sys.stderr)
+    return {name: w / total for name, w in weights.items()}
+
+
+def _validate_mixture(cfg: Config) -> None:
+    d = cfg.data
+    if not d.mixture:
+        _check(not d.phases, "data.phases", "needs data.mixture (the named sources the phases weigh)")
+        return
+    _check(d.inputs == DataConfig().inputs, "data.mixture",
+           f"set data.mixture or data.inputs, not both (data.inputs={d.inputs}); a mixture's sources name their inputs")
+    _check(not cfg.curate.enabled, "data.mixture", "curate.enabled with a mixture is not supported yet: curate each "
+           "source into a folder of its own (loki curate) and name those folders as the sources' inputs")
+    names = [s.name for s in d.mixture]
+    for i, s in enumerate(d.mixture):
+        key = f"data.mixture[{i}]"
+        _check(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", s.name)), f"{key}.name",
+               f"{s.name!r} must be a non-empty name of letters, digits, - and _ (it names the source's shard folder)")
+        _check(names.count(s.name) == 1, f"{key}.name", f"{s.name!r} names two sources")
+        _check(bool(s.inputs), f"{key}.inputs", f"source {s.name!r} names no input files or folders")
+        _check(_finite(s.weight) and s.weight > 0, f"{key}.weight",
+               f"source {s.name!r}: must be a positive number, got {s.weight}")
+    for s, w in zip(d.mixture, _normalised({s.name: s.weight for s in d.mixture}, "data.mixture").values()):
+        s.weight = w
+    previous = 0
+    for i, phase in enumerate(d.phases):
+        key = f"data.phases[{i}]"
+        last = i == len(d.phases) - 1
+        if last:
+            _check(phase.until_tokens is None, f"{key}.until_tokens",
+                   f"the last phase runs to the end of training: remove its until_tokens ({phase.until_tokens})")
+        else:
+            _check(phase.until_tokens is not None, f"{key}.until_tokens", "only the last phase may leave it out")
+            _check(phase.until_tokens > previous, f"{key}.until_tokens",
+                   f"must increase from phase to phase: {phase.until_tokens} after {previous}")
+            previous = phase.until_tokens
+        for name, w in phase.weights.items():
+            close = difflib.get_close_matches(name, names, n=1)
+            _check(name in names, f"{key}.weights", f"unknown source {name!r}"
+                   + (f"; did you mean {close[0]!r}?" if close else "") + f" (the sources: {', '.join(names)})")
+            _check(_finite(w) and w >= 0, f"{key}.weights.{name}", f"must be a number >= 0, got {w}")
+        if phase.weights:
+            _check(sum(phase.weights.values()) > 0, f"{key}.weights", "give at least one source a positive weight")
+            phase.weights = _normalised(phase.weights, key)
 
 
 def _validate_distill(d: DistillConfig) -> None:
@@ -361,6 +437,10 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is list:
         items = value if isinstance(value, list) else [value]
         return [coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(items)]
+    if origin is dict:  # e.g. data.phases[i].weights: source name -> weight
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {coerce(k, args[0], key): coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):  # an item of a list of sections, e.g. distill.teachers
         if isinstance(value, tp):
             return value

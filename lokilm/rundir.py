@@ -58,6 +58,11 @@ class RunDir:
     def shards(self) -> Path:
         return Path(self.cfg.data.shards) if self.cfg.data.shards else self.root / "shards"
 
+    @property
+    def source_shards(self) -> dict[str, Path]:
+        """Each data.mixture source's shard folder (a shard folder of its own, inside `shards`)."""
+        return {s.name: self.shards / s.name for s in self.cfg.data.mixture}
+
     # ------------------------------------------------------------------ stage outputs
 
     @property

@@ -94,9 +94,10 @@ class _SplitWriter:
 
 def write_shards(docs: Iterable[tuple[str, str]], tokenizer, folder: str | Path, holdout_fraction: float,
                  shard_tokens: int = 100_000_000, batch_docs: int = 256, progress: bool = True,
-                 tokenizer_sha256: str | None = None) -> dict:
+                 tokenizer_sha256: str | None = None, require_val: bool = True) -> dict:
     """Tokenize (id, text) documents into train/val shards; returns (and writes) meta.json's content.
-    `tokenizer_sha256` (of the tokenizer file) is recorded so training can refuse another tokenizer."""
+    `tokenizer_sha256` (of the tokenizer file) is recorded so training can refuse another tokenizer.
+    `require_val` false: an empty val split is allowed (one source of a mixture; the union must have one)."""
     from tqdm import tqdm
 
     from lokilm.tokenizer import eot_id
@@ -128,7 +129,7 @@ def write_shards(docs: Iterable[tuple[str, str]], tokenizer, folder: str | Path,
         w.flush()
     if writers["train"].tokens == 0:
         raise LokiError("no training tokens were written: the inputs hold no documents for the train split")
-    if holdout_fraction > 0 and writers["val"].tokens == 0:
+    if require_val and holdout_fraction > 0 and writers["val"].tokens == 0:
         raise LokiError(f"data.holdout_fraction={holdout_fraction} selected no held-out document out of "
                         f"{writers['train'].documents}; raise it")
     meta = {
@@ -142,6 +143,35 @@ def write_shards(docs: Iterable[tuple[str, str]], tokenizer, folder: str | Path,
     }
     atomic_write(folder / "meta.json", json.dumps(meta, indent=2).encode())
     return meta
+
+
+def write_mixture_meta(folder: str | Path, sources: dict[str, dict]) -> dict:
+    """The meta.json of a mixture's shard folder, over the sources' own shard folders (`folder/<name>/`, each
+    written by write_shards): every split lists all the sources' shards (as "<name>/<file>"), so TokenWindows of
+    the folder reads the union (the held-out set is every source's val split together), and "sources" names
+    each source's folder and counts for the training sampler."""
+    first = next(iter(sources.values()))
+    splits = {s: {"shards": [{**shard, "file": f"{name}/{shard['file']}", "source": name}
+                             for name, m in sources.items() for shard in m["splits"][s]["shards"]],
+                  **{k: sum(m["splits"][s][k] for m in sources.values()) for k in ("documents", "tokens", "bytes")}}
+              for s in SPLITS}
+    if first["holdout_fraction"] > 0 and splits["val"]["tokens"] == 0:
+        raise LokiError(f"the held-out cut {first['holdout_fraction']:.4g} selected no document of any source "
+                        f"({splits['train']['documents']} documents); raise data.holdout_fraction")
+    meta = {**{k: v for k, v in first.items() if k != "splits"}, "splits": splits,
+            "sources": {name: {"folder": name, "splits": {s: {k: m["splits"][s][k] for k in ("documents", "tokens",
+                                                                                            "bytes")}
+                                                          for s in SPLITS}}
+                        for name, m in sources.items()}}
+    atomic_write(Path(folder) / "meta.json", json.dumps(meta, indent=2).encode())
+    return meta
+
+
+def _shard_file_ok(name) -> bool:
+    """A shard file named in meta.json: a file of the folder, or of one source's folder in a mixture; never a path
+    out of it."""
+    parts = name.split("/") if isinstance(name, str) else []
+    return 1 <= len(parts) <= 2 and all(p and p not in (".", "..") for p in parts)
 
 
 def read_meta(folder: str | Path) -> dict:
@@ -159,7 +189,7 @@ def read_meta(folder: str | Path) -> dict:
         for split in ("train", "val"):
             info = meta["splits"][split]
             if not isinstance(info["tokens"], int) or not all(
-                    isinstance(s["file"], str) and "/" not in s["file"] and isinstance(s["tokens"], int)
+                    _shard_file_ok(s["file"]) and isinstance(s["tokens"], int)
                     for s in info["shards"]):
                 raise ValueError(f"the {split} split's entries")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:

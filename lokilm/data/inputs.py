@@ -1,12 +1,13 @@
-"""What the tokenizer and tokenize stages read: the raw inputs, or the curated documents when curation is on;
-and what those inputs are by content, for skipping a finished stage."""
+"""What the tokenizer and tokenize stages read: the raw inputs, the curated documents when curation is on, or each
+source of a data mixture; and what those inputs are by content, for skipping a finished stage."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import zip_longest
 
 from lokilm.config import Config
-from lokilm.data.readers import DataError, ReadStats, iter_documents
+from lokilm.data.readers import DataError, Document, ReadStats, iter_documents
 from lokilm.fileio import fingerprint
 from lokilm.rundir import RunDir
 from lokilm.shards import holdout_cut, split_of
@@ -19,23 +20,55 @@ def documents_in(cfg: Config) -> tuple[list[str], str]:
     return cfg.data.inputs, cfg.data.text_field
 
 
+def sources_in(cfg: Config) -> dict[str, tuple[list[str], str]]:
+    """Each data.mixture source's (inputs, text field), in the mixture's order."""
+    return {s.name: (s.inputs, s.text_field or cfg.data.text_field) for s in cfg.data.mixture}
+
+
+def source_documents(cfg: Config, name: str, stats: ReadStats) -> Iterator[Document]:
+    """The documents of one mixture source; unreadable or empty inputs are an error naming the source."""
+    inputs, text_field = sources_in(cfg)[name]
+    before = stats.documents
+    try:
+        yield from iter_documents(inputs, text_field, stats=stats)
+    except DataError as e:
+        raise DataError(f"data.mixture source {name!r}: {e}") from None
+    if stats.documents == before:
+        raise DataError(f"data.mixture source {name!r} has no documents in {inputs} (text field {text_field!r}; "
+                        f"skipped: {stats.skipped or 'nothing'})")
+
+
+def _all_documents(cfg: Config, stats: ReadStats) -> Iterator[Document]:
+    """Every document of the run. A mixture's sources are interleaved one document each in turn, so a sample cut
+    at a byte budget (the tokenizer's) holds some of every source, not only the first."""
+    if not cfg.data.mixture:
+        yield from iter_documents(*documents_in(cfg), stats=stats)
+        return
+    for docs in zip_longest(*(source_documents(cfg, name, stats) for name in sources_in(cfg))):
+        yield from (d for d in docs if d is not None)
+
+
 def inputs_key(cfg: Config) -> dict:
     """The inputs by content (file sizes and sha256, names relative to each input): adding, removing or editing a
     file changes it; moving or copying the run directory does not."""
     run = RunDir(cfg)
     if cfg.curate.enabled and not (run.curate_report.is_file() and run.curated.is_dir()):
         raise DataError(f"curate.enabled is true but {run.curate} holds no finished curation: run `loki curate` first")
+    if cfg.data.mixture:
+        return {"mixture": {name: {"inputs": fingerprint(inputs), "text_field": field}
+                            for name, (inputs, field) in sources_in(cfg).items()}}
     inputs, _ = documents_in(cfg)
     return fingerprint(inputs)
 
 
 def split_cut(cfg: Config) -> float:
-    """The held-out cut of the run's documents (data.holdout_fraction, or data.holdout_bytes)."""
-    return holdout_cut(cfg.data, lambda: iter_documents(*documents_in(cfg)))
+    """The held-out cut of the run's documents (data.holdout_fraction, or data.holdout_bytes). A mixture has one cut
+    for all its sources: holdout_bytes is the size of the held-out set of every source together."""
+    return holdout_cut(cfg.data, lambda: _all_documents(cfg, ReadStats()))
 
 
 def train_texts(cfg: Config, stats: ReadStats, cut: float) -> Iterator[str]:
     """Texts of the training split only: the tokenizer never sees held-out documents."""
-    for doc in iter_documents(*documents_in(cfg), stats=stats):
+    for doc in _all_documents(cfg, stats):
         if split_of(doc.id, cut) == "train":
             yield doc.text

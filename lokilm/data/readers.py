@@ -80,7 +80,9 @@ def iter_documents(inputs: list[str | Path], text_field: str = "text", stats: Re
     holding one JSON document rather than lines is "not_a_corpus_file"); wiki_NN files, or files starting
     with `<doc `, are WikiExtractor output, one document per <doc>; anything else is plain text, one document
     per file, with the Project Gutenberg header, producer credits and licence footer stripped; *.parquet
-    files give one document per row of the `text_field` column (pyarrow, read in batches). Text formats
+    files give one document per row of the `text_field` column (pyarrow, read in batches). A folder in the
+    Hugging Face datasets layout (`data/train-00000-of-00002.parquet`, ...) gives its train split only: the
+    shards of its other splits (validation, test) are skipped as "not_the_train_split". Text formats
     get their line endings normalised to "\\n" and outer whitespace removed; JSONL texts are kept as they are.
 
     Counted in `stats` (reason -> count, with example locations): repaired, the document kept: invalid UTF-8
@@ -107,9 +109,14 @@ def _iter_inputs(paths: list[Path], text_field: str, stats: ReadStats) -> Iterat
             continue
         before = stats.documents
         parent = os.path.dirname(os.path.abspath(path))  # ids keep the folder's own name: "corpus/wiki/wiki_00.xz"
-        for file in _walk(path):
+        files = _walk(path)
+        other_splits = _hf_other_splits(path, files)
+        for file in files:
             rel = Path(os.path.relpath(os.path.abspath(file), parent)).as_posix()
-            if not file.is_file():  # a FIFO, socket or device: opening it would block forever (or read garbage)
+            if file in other_splits:
+                stats.files += 1
+                stats.count("skipped", "not_the_train_split", str(file))
+            elif not file.is_file():  # a FIFO, socket or device: opening it would block forever (or read garbage)
                 stats.files += 1
                 stats.count("skipped", "not_a_regular_file", str(file))
             elif _is_corpus_name(file.name):
@@ -119,6 +126,17 @@ def _iter_inputs(paths: list[Path], text_field: str, stats: ReadStats) -> Iterat
                 stats.count("skipped", "not_a_corpus_file", str(file))
         if stats.documents == before:
             raise DataError(f"no readable documents in folder {path} (skipped so far: {stats.skipped or 'nothing'})")
+
+
+# A Hugging Face datasets folder: data/{split}-00000-of-00002.parquet (or .jsonl, .json, compressed)
+_HF_SHARD = re.compile(r"(?P<split>[A-Za-z0-9_.]+?)-\d{5}-of-\d{5}\.")
+
+
+def _hf_other_splits(root: Path, files: list[Path]) -> set[Path]:
+    """In a Hugging Face datasets layout (`root/data/` holding {split}-NNNNN-of-NNNNN.* shards, a train split among
+    them), the shards of the other splits: a dataset's validation or test split is not training text."""
+    shards = {f: m.group("split") for f in files if f.parent == root / "data" and (m := _HF_SHARD.match(f.name))}
+    return {f for f, split in shards.items() if split != "train"} if "train" in shards.values() else set()
 
 
 def _walk(root: Path) -> list[Path]:

@@ -1,15 +1,17 @@
-"""The tokenize stage: the run's documents into train/val token shards (lokilm/shards.py)."""
+"""The tokenize stage: the run's documents into train/val token shards (lokilm/shards.py); a mixture's sources
+each into a shard folder of their own, under one meta.json naming them."""
 
 from __future__ import annotations
 
 import time
 
 from lokilm.config import Config
-from lokilm.data.inputs import documents_in, inputs_key, split_cut
+from lokilm.data.inputs import documents_in, inputs_key, source_documents, sources_in, split_cut
 from lokilm.data.readers import DataError, ReadStats, iter_documents
 from lokilm.fileio import sha256_file
 from lokilm.rundir import RunDir
-from lokilm.shards import read_meta, write_shards
+from lokilm.errors import LokiError
+from lokilm.shards import read_meta, write_mixture_meta, write_shards
 from lokilm.tokenizer import load_tokenizer
 
 
@@ -27,6 +29,8 @@ def tokenize_stage(cfg: Config) -> dict:
     if done:
         return done
     start, stats = time.time(), ReadStats()
+    if cfg.data.mixture:
+        return _tokenize_mixture(cfg, run, tok, cut, tokenizer_sha256, wanted, start)
     docs = ((d.id, d.text) for d in iter_documents(*documents_in(cfg), stats=stats))
     meta = write_shards(docs, tok, run.shards, cut, shard_tokens=cfg.data.shard_tokens, progress=cfg.train.progress,
                         tokenizer_sha256=tokenizer_sha256)
@@ -35,5 +39,27 @@ def tokenize_stage(cfg: Config) -> dict:
                         f"skipped: {stats.skipped or 'nothing'}); check data.inputs (and the curation report)")
     summary = {"status": "done", "inputs": wanted, "path": str(run.shards), "seconds": round(time.time() - start, 2),
                "splits": meta["splits"], "read": stats.to_dict()}
+    run.write_summary("tokenize", summary)
+    return summary
+
+
+def _tokenize_mixture(cfg: Config, run: RunDir, tok, cut: float, tokenizer_sha256: str, wanted: dict,
+                      start: float) -> dict:
+    """One shard folder per source (its train/val split by document hash, as for data.inputs), then the
+    mixture's meta.json over them."""
+    metas, reads = {}, {}
+    for name in sources_in(cfg):
+        stats = ReadStats()
+        docs = ((d.id, d.text) for d in source_documents(cfg, name, stats))
+        try:
+            metas[name] = write_shards(docs, tok, run.source_shards[name], cut, shard_tokens=cfg.data.shard_tokens,
+                                       progress=cfg.train.progress, tokenizer_sha256=tokenizer_sha256,
+                                       require_val=False)
+        except LokiError as e:
+            raise DataError(f"data.mixture source {name!r}: {e} ({stats.documents} documents read)") from None
+        reads[name] = stats.to_dict()
+    meta = write_mixture_meta(run.shards, metas)
+    summary = {"status": "done", "inputs": wanted, "path": str(run.shards), "seconds": round(time.time() - start, 2),
+               "splits": meta["splits"], "sources": meta["sources"], "read": reads}
     run.write_summary("tokenize", summary)
     return summary

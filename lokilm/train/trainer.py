@@ -32,6 +32,7 @@ from lokilm.train.data import TrainData
 from lokilm.train.evaluation import HeldOutEval
 from lokilm.train.logger import Logging
 from lokilm.train.metrics import peak_flops
+from lokilm.train.mixture_data import mixture_data
 from lokilm.train.optimizer import build_optimizer, set_lr
 from lokilm.train.schedule import BatchSizeWarmup, BatchWarmup, lr_at
 from lokilm.train.spike import SpikeGuard
@@ -117,8 +118,9 @@ class Trainer:
         self.units: list[Unit] = []
 
         # The units, in the order their hooks run. Explicit dependencies only: nothing reaches into the trainer.
-        self.data = TrainData(train_windows, t.micro_batch_size, t.seed, self.device,
-                              lambda x, y: self.step_model(x, y))
+        loss, event = (lambda x, y: self.step_model(x, y)), (lambda *a, **k: self.logging.event(*a, **k))
+        self.data = (mixture_data(cfg, self.run, self.device, loss, event) if cfg.data.mixture else
+                     TrainData(train_windows, t.micro_batch_size, t.seed, self.device, loss))
         self.logging = Logging(self.run, cfg, self.state, self.dist.is_main, self.dist.world_size,
                                self.model.flops_per_token(), peak_flops(self.device))
         self.checkpoint = Checkpointing(self, t.checkpoint_every, t.keep_checkpoints,
@@ -234,6 +236,8 @@ class Trainer:
                    "rollbacks": self.state.rollbacks, "elapsed_s": round(self.state.elapsed_s, 2),
                    "parameters": self.model.num_params(), "device": str(self.device),
                    "world_size": self.dist.world_size, "checkpoint": str(self.checkpoint.last_saved)}
+        for u in self.units:
+            summary.update(u.summary())
         if self.dist.is_main:
             self.run.write_summary("train", summary)
         return summary

@@ -14,7 +14,8 @@ One optimiser step, as the loop runs it:
     after_step(step)         read or add to `step.record`; a unit may rewind the run (a spike rollback): the
                              units after it then do not see the discarded step
     after_rollback(count)    every unit, once the run has been restored to an older checkpoint
-`start(resumed)` runs once before the first step, `finish(status)` once after the last (also on an error).
+`start(resumed)` runs once before the first step, `finish(status)` once after the last (also on an error);
+`summary()` adds its keys to stages/train.json.
 """
 
 from __future__ import annotations
@@ -77,3 +78,6 @@ class Unit:
 
     def finish(self, status: str) -> None:
         pass
+
+    def summary(self) -> dict:
+        return {}
