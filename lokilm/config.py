@@ -259,6 +259,8 @@ def _normalised(weights: dict[str, float], key: str) -> dict[str, float]:
     """Weights scaled to sum to 1, with a note on stderr when they did not (the config is normalised in place,
     so the run's saved config.yaml holds what was trained on and the note is printed once)."""
     total = sum(weights.values())
+    if abs(total - 1.0) <= 1e-9:  # float rounding of weights meant to sum to 1: kept as written
+        return weights
     if abs(total - 1.0) > 1e-6:
         shares = ", ".join(f"{name} {w / total:.4g}" for name, w in weights.items())
         print(f"loki: note: {key} weights sum to {total:g}, not 1; normalised to {shares}", file=sys.stderr)
