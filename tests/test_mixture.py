@@ -32,7 +32,8 @@ def sources(tmp_path_factory):
     (root / "books").mkdir()
     for name in ("Carroll_Lewis__Through_the_Looking_Glass__4b8713e3", "Wharton_Edith__Xingu__e75d566e"):
         shutil.copy(f"data/corpus/gutenberg/{name}.txt.xz", root / "books")
-    text = lzma.open("data/corpus/shakespeare/sonnets_gut.txt.xz", "rt", encoding="utf-8").read()
+    with lzma.open("data/corpus/shakespeare/sonnets_gut.txt.xz", "rt", encoding="utf-8") as f:
+        text = f.read()
     paragraphs = [p.strip() for p in text.split("\n\n") if len(p.strip()) > 200]
     (root / "synthetic.jsonl").write_text("".join(json.dumps({"text": p}) + "\n" for p in paragraphs[:120]))
     (root / "hf" / "data").mkdir(parents=True)
@@ -100,7 +101,7 @@ def test_the_schedule_keeps_every_source_within_one_window_at_every_slot():
         cfg = load_config(None, [f"data.mixture=[{items}]"])
         schedule = Schedule(cfg.data, WINDOW)
         shares = schedule.phases[0].weights
-        sources, counts = schedule.assign(0, [0] * len(weights), 1500)
+        sources = schedule.assign(0, [0] * len(weights), 1500)[0]
         first, c = schedule.assign(0, [0] * len(weights), 600)  # in pieces (steps, resumes): the same slots
         assert first + schedule.assign(600, c, 900)[0] == sources
         seen = [0] * len(weights)
