@@ -8,9 +8,9 @@ import time
 from lokilm.config import Config
 from lokilm.data.inputs import documents_in, inputs_key, source_documents, sources_in, split_cut
 from lokilm.data.readers import DataError, ReadStats, iter_documents
+from lokilm.errors import LokiError
 from lokilm.fileio import sha256_file
 from lokilm.rundir import RunDir
-from lokilm.errors import LokiError
 from lokilm.shards import read_meta, write_mixture_meta, write_shards
 from lokilm.tokenizer import load_tokenizer
 
