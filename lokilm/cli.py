@@ -148,7 +148,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "checkpoint":
         from lokilm.checkpoint.sharded import consolidate
 
-        print(f"single-file checkpoint: {consolidate(args.run_dir, args.step, args.out)}")
+        # it writes into the run's checkpoints (unless --out), where a running `loki train` prunes old ones
+        with _holding(RunDir.open(args.run_dir).cfg, "checkpoint consolidate"):
+            print(f"single-file checkpoint: {consolidate(args.run_dir, args.step, args.out)}")
         return 0
     if args.command == "distill":
         return _distill(args)

@@ -2,7 +2,6 @@
 AdamW called directly, its state round-trips, and FSDP is refused clearly."""
 
 import copy
-import os
 
 import pytest
 import torch
@@ -84,7 +83,6 @@ def test_muon_under_fsdp_is_refused_clearly(tmp_path):
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29517")
     dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp_path}/store")
     try:
         m = toy()

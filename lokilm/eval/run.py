@@ -131,14 +131,16 @@ def eval_stage(cfg) -> dict:
 
     run = RunDir(cfg)
     ckpt = latest_checkpoint(run.checkpoints)
-    done = run.read_summary("eval")
-    if done and ckpt and done.get("checkpoint_id") == checkpoint_id(ckpt) and done.get("preset") == cfg.eval.preset:
-        return {**done, "status": "skipped (done)"}
+    # keyed by the checkpoint's content (its manifest), so a copied run directory is not evaluated again
+    wanted = {"checkpoint_id": checkpoint_id(ckpt) if ckpt else None, "preset": cfg.eval.preset}
+    done = ckpt and run.finished("eval", wanted, run.eval_dir(cfg.eval.preset) / "eval.json")
+    if done:
+        return done
     out = evaluate_run(cfg.run_dir, cfg.eval, device=cfg.train.device, ckpt=ckpt)
     from lokilm.eval.presets import HEADLINE
 
     headline = {row: out["tasks"][task]["metrics"].get(key) for row, (task, key) in HEADLINE.items() if task in out["tasks"]}
-    summary = {"status": "done", "checkpoint": out["checkpoint"], "checkpoint_id": checkpoint_id(ckpt),
+    summary = {"status": "done", "inputs": wanted, "checkpoint": out["checkpoint"], "checkpoint_id": checkpoint_id(ckpt),
                "preset": out["preset"], "seconds": out["seconds"],
                "headline": headline, "bpb": out.get("bpb"), "path": str(eval_dir(cfg.run_dir, cfg.eval.preset))}
     run.write_summary("eval", summary)

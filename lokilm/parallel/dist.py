@@ -112,7 +112,7 @@ def init_distributed(device_name: str, fsdp: bool | str) -> Distributed:
     sharded = world > 1 or fsdp is True
     if sharded and not dist.is_initialized():
         backend = "cuda:nccl,cpu:gloo" if device.type == "cuda" else "gloo"
-        if "MASTER_ADDR" in os.environ:  # torchrun (or a launcher that sets its variables)
+        if "MASTER_ADDR" in os.environ and "RANK" in os.environ:  # torchrun (or a launcher that sets its variables)
             dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
         else:  # `loki train ... train.fsdp=true` in one plain process: a group of one
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
