@@ -258,13 +258,16 @@ def _validate_numbers(cfg: Config) -> None:
 def _normalised(weights: dict[str, float], key: str) -> dict[str, float]:
     """Weights scaled to sum to 1, with a note on stderr when they did not (the config is normalised in place,
     so the run's saved config.yaml holds what was trained on and the note is printed once)."""
-    total = sum(weights.values())
+    total = sum(weights.values())  # inf for weights near the float limit: they are scaled by the largest first
     if abs(total - 1.0) <= 1e-9:  # float rounding of weights meant to sum to 1: kept as written
         return weights
+    top = max(weights.values())
+    scaled = {name: w / top for name, w in weights.items()}
+    normalised = {name: w / sum(scaled.values()) for name, w in scaled.items()}
     if abs(total - 1.0) > 1e-6:
-        shares = ", ".join(f"{name} {w / total:.4g}" for name, w in weights.items())
+        shares = ", ".join(f"{name} {w:.4g}" for name, w in normalised.items())
         print(f"loki: note: {key} weights sum to {total:g}, not 1; normalised to {shares}", file=sys.stderr)
-    return {name: w / total for name, w in weights.items()}
+    return normalised
 
 
 def _validate_mixture(cfg: Config) -> None:

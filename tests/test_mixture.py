@@ -241,3 +241,44 @@ def test_a_source_with_no_documents_is_a_clear_error(capsys, tmp_path, sources):
         code, err = cli(capsys, "tokenizer", "train", "configs/tiny.yaml", f"run_dir={tmp_path / 'run'}", mix,
                         "tokenizer.train_max_bytes=100000", "model.vocab_size=512", "train.progress=false")
         assert code == 2 and err.startswith("loki: error: ") and expected in err, err
+
+
+def test_held_out_bits_per_byte_spreads_a_small_budget_over_every_source(prepared):
+    """The union val split lists the sources one after another; a budget of fewer windows than it holds must
+    score windows from all of them, not the first source's alone."""
+    import numpy as np
+    import torch
+
+    from lokilm.eval.bpb import bits_per_byte, spread
+    from lokilm.model import Transformer
+    from lokilm.shards import TokenWindows
+
+    assert list(spread(3, 10)) == [0, 4, 9] and list(spread(12, 10)) == list(range(10)) and len(spread(0, 5)) == 0
+    root, _ = prepared
+    cfg = load_config("configs/tiny.yaml", SMALL)
+    windows = TokenWindows(root / "shards", "val", cfg.model.context_length)
+    owners = []  # the source of each val window, in the split's order
+    for name, source in json.loads((root / "shards" / "meta.json").read_text())["sources"].items():
+        if source["splits"]["val"]["tokens"]:  # a small source may hold no held-out document
+            owners += [name] * len(TokenWindows(root / "shards" / name, "val", cfg.model.context_length))
+    assert len(owners) == len(windows) and len(set(owners)) >= 3
+    asked = []
+
+    class Recording:
+        def __len__(self):
+            return len(windows)
+
+        def batch(self, idx):
+            asked.extend(idx)
+            return windows.batch(idx)
+
+    model = Transformer(cfg.model)
+    model.init_weights()
+    # spacing at most the smallest source's windows: every source's contiguous run is hit (the first n windows
+    # would all be the first source's)
+    from collections import Counter
+
+    budget = len(windows) // min(Counter(owners).values()) + 2
+    assert {owners[i] for i in range(budget)} != set(owners)
+    bits_per_byte(model, Recording(), np.ones(cfg.model.vocab_size, dtype=np.int64), budget, 4, torch.device("cpu"))
+    assert len(asked) == budget and {owners[i] for i in asked} == set(owners)
