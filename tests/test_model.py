@@ -210,6 +210,7 @@ PRESET_PARAMS = {
     "stlm-block-sharing": 3_441_408,
     "stlm-byte": 9_058_304,
     "stlm-early-exit": 9_965_824,  # early exit adds losses, not weights
+    "mixture": 1_377_408,  # tiny on a mixture of sources
     "lokilm-1.4b": 1_402_046_464,
 }
 
