@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=4, help="items per task (MMLU: per subject)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--repeats", type=int, default=1, help="runs of each side, alternating which goes first; best kept")
     args = p.parse_args()
 
     from lm_eval.models.huggingface import HFLM
@@ -67,20 +68,28 @@ def main() -> None:
         tok = load_tokenizer(RunDir(cfg).tokenizer)
         folder = export(run, Path(tmp) / "hf")
 
-        t0 = time.perf_counter()
-        ours = run_preset(LokiLM(model, tok, batch_size=args.batch_size), args.preset, only, limit=args.limit)[1]
-        t_ours = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        hf = HFLM(pretrained=str(folder), device="cpu", dtype="float32", trust_remote_code=True,
-                  batch_size=args.batch_size)
-        theirs = run_preset(hf, args.preset, only, limit=args.limit)[1]
-        t_theirs = time.perf_counter() - t0
+        def run_ours():
+            return run_preset(LokiLM(model, tok, batch_size=args.batch_size), args.preset, only, limit=args.limit)[1]
+
+        def run_theirs():
+            hf = HFLM(pretrained=str(folder), device="cpu", dtype="float32", trust_remote_code=True,
+                      batch_size=args.batch_size)
+            return run_preset(hf, args.preset, only, limit=args.limit)[1]
+
+        # the sides alternate which goes first (a first run pays one-time set-up); the best time of each is kept
+        best, results = {"ours": float("inf"), "theirs": float("inf")}, {}
+        for r in range(args.repeats):
+            for side in (("ours", "theirs") if r % 2 == 0 else ("theirs", "ours")):
+                t0 = time.perf_counter()
+                results[side] = run_ours() if side == "ours" else run_theirs()
+                best[side] = min(best[side], time.perf_counter() - t0)
+        ours, theirs, t_ours, t_theirs = results["ours"], results["theirs"], best["ours"], best["theirs"]
 
     diffs = [abs(x - y) for a, b in zip(ours, theirs) for x, y in zip(a.get("loglikelihoods", []), b.get("loglikelihoods", []))]
     print(json.dumps({
         "model": f"{cfg.model.n_layer}x{cfg.model.d_model}, vocab {cfg.model.vocab_size}, {cfg.model.position}",
         "preset": args.preset, "tasks": only or "all", "limit": args.limit, "items": len(ours),
-        "threads": args.threads, "loki_eval_s": round(t_ours, 1), "lm_eval_hf_s": round(t_theirs, 1),
+        "threads": args.threads, "repeats": args.repeats, "loki_eval_s": round(t_ours, 1), "lm_eval_hf_s": round(t_theirs, 1),
         "speedup": round(t_theirs / t_ours, 2), "max_loglikelihood_diff": max(diffs, default=0.0),
         "items_with_different_metrics": sum(a["metrics"] != b["metrics"] for a, b in zip(ours, theirs)),
         "same_items": [(a["task"], a["doc_id"]) for a in ours] == [(b["task"], b["doc_id"]) for b in theirs],
