@@ -282,3 +282,17 @@ def test_held_out_bits_per_byte_spreads_a_small_budget_over_every_source(prepare
     assert {owners[i] for i in range(budget)} != set(owners)
     bits_per_byte(model, Recording(), np.ones(cfg.model.vocab_size, dtype=np.int64), budget, 4, torch.device("cpu"))
     assert len(asked) == budget and {owners[i] for i in asked} == set(owners)
+
+
+def test_held_out_bits_per_byte_is_reported_per_source_too(prepared, sources, tmp_path):
+    """val_bpb/<source> beside val_bpb, from the same scored windows: the total is their byte-weighted mean, so it
+    lies between the sources' figures."""
+    root, _ = prepared
+    run = tmp_path / "per-source"
+    train(config(run, sources, "train.max_steps=2", "train.checkpoint_every=2", "train.eval_batches=40", shards=root))
+    meta = json.loads((root / "shards" / "meta.json").read_text())
+    with_val = {n for n, s in meta["sources"].items() if s["splits"]["val"]["tokens"]}
+    last = [r for r in read_metrics(run) if "val_bpb" in r][-1]
+    per = {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith("val_bpb/")}
+    assert set(per) == with_val and len(per) >= 3  # a budget of 40 x 8 windows covers every source
+    assert min(per.values()) <= last["val_bpb"] <= max(per.values())

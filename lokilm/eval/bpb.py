@@ -18,25 +18,41 @@ def spread(n: int, total: int) -> np.ndarray:
     return np.linspace(0, total - 1, max(n, 1)).round().astype(np.int64) if n > 0 else np.arange(0)
 
 
-@torch.no_grad()
 def bits_per_byte(model, windows, token_bytes: np.ndarray, n_windows: int, batch_size: int,
                   device: torch.device, autocast=None) -> float:
     """Summed next-token loss (nats) over `n_windows` windows spread evenly over the held-out split (all of
     them if it has no more), divided by ln 2 and by the UTF-8 bytes of the predicted tokens. Special tokens
     (0 bytes) are left out of both sums, so the figure compares models with different tokenizers."""
+    return bits_per_byte_by_group(model, windows, token_bytes, n_windows, batch_size, device, autocast)[0]
+
+
+@torch.no_grad()
+def bits_per_byte_by_group(model, windows, token_bytes: np.ndarray, n_windows: int, batch_size: int,
+                           device: torch.device, autocast=None, groups=None) -> tuple[float, dict[str, float]]:
+    """bits_per_byte, and the same over the scored windows of each group when `groups` names one per window
+    of the split (a mixture's source): the one forward pass serves both."""
     was_training = model.training
     model.eval()
     lengths = torch.as_tensor(token_bytes, device=device)
-    nats, n_bytes = 0.0, 0
     chosen = spread(n_windows, len(windows))
+    nats, n_bytes = np.zeros(len(chosen)), np.zeros(len(chosen), dtype=np.int64)
     for start in range(0, len(chosen), batch_size):
-        batch = torch.as_tensor(windows.batch(chosen[start:start + batch_size]), device=device)
+        rows = chosen[start:start + batch_size]
+        batch = torch.as_tensor(windows.batch(rows), device=device)
         x, y = batch[:, :-1], batch[:, 1:]
         with autocast() if autocast else torch.autocast(device.type, enabled=False):
             # the model's own nats per target: a byte-level model sums its byte predictions per token
-            loss = model(x, y, reduction="none").float().flatten()
-        b = lengths[y.flatten()]
-        nats += float((loss * (b > 0)).sum())
-        n_bytes += int(b.sum())
+            loss = model(x, y, reduction="none").float().reshape(y.shape)
+        b = lengths[y]
+        nats[start:start + len(rows)] = (loss * (b > 0)).sum(dim=1).double().cpu().numpy()
+        n_bytes[start:start + len(rows)] = b.sum(dim=1).cpu().numpy()
     model.train(was_training)
-    return nats / (math.log(2) * max(1, n_bytes))
+
+    def value(mask) -> float:
+        return float(nats[mask].sum()) / (math.log(2) * max(1, int(n_bytes[mask].sum())))
+
+    total = value(np.ones(len(chosen), dtype=bool))
+    if groups is None:
+        return total, {}
+    owner = np.asarray(groups)[chosen]
+    return total, {g: value(owner == g) for g in dict.fromkeys(owner.tolist())}

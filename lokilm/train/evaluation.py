@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lokilm.eval.bpb import bits_per_byte
+from lokilm.eval.bpb import bits_per_byte_by_group
 from lokilm.train.units import Step, Unit
 
 
@@ -10,7 +10,9 @@ class HeldOutEval(Unit):
     name = "eval"
 
     def __init__(self, model, windows, token_bytes, every: int, n_windows: int, batch_size: int, device, autocast,
-                 max_steps: int):
+                 max_steps: int, groups=None):
+        """`groups`: the source of each held-out window (a data mixture), for val_bpb/<source> beside val_bpb."""
+        self.groups = groups
         self.model, self.windows, self.token_bytes = model, windows, token_bytes
         self.every, self.n_windows, self.batch_size = every, n_windows, batch_size
         self.device, self.autocast, self.max_steps = device, autocast, max_steps
@@ -24,8 +26,13 @@ class HeldOutEval(Unit):
 
     def after_step(self, step: Step) -> None:
         if self._due(step.number):
-            step.record["val_bpb"] = self.evaluate()
+            total, by_source = self.evaluate_by_source()
+            step.record["val_bpb"] = total
+            step.record.update({f"val_bpb/{name}": v for name, v in by_source.items()})
 
     def evaluate(self) -> float:
-        return bits_per_byte(self.model, self.windows, self.token_bytes, self.n_windows, self.batch_size, self.device,
-                             self.autocast)
+        return self.evaluate_by_source()[0]
+
+    def evaluate_by_source(self) -> tuple[float, dict[str, float]]:
+        return bits_per_byte_by_group(self.model, self.windows, self.token_bytes, self.n_windows, self.batch_size,
+                                      self.device, self.autocast, self.groups)
