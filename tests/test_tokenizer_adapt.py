@@ -225,3 +225,17 @@ def test_lokilm_preset_uses_the_adapted_vocabulary():
         load_config("configs/tiny.yaml", ["tokenizer.kind=monster"])
     with pytest.raises(ConfigError, match="adapt_round_fraction"):
         load_config("configs/tiny.yaml", ["tokenizer.adapt_round_fraction=0"])
+
+
+def test_compare_on_a_mixture_has_a_column_per_source(tmp_path):
+    from lokilm.config import load_config
+    from lokilm.tokenizer.compare import compare_stage
+
+    mixture = ("data.mixture=[{name: plays, inputs: [data/corpus/shakespeare], weight: 0.5}, "
+               "{name: wiki, inputs: [data/corpus/wikipedia/wiki_01.xz], weight: 0.5}]")
+    cfg = load_config("configs/tiny.yaml", [f"run_dir={tmp_path}", mixture, "data.holdout_fraction=0.3",
+                                            "model.vocab_size=800", "tokenizer.train_max_bytes=200000",
+                                            "tokenizer.adapt_round_fraction=0.3", "train.progress=false"])
+    results = compare_stage(cfg)["results"]
+    assert {"plays", "wiki", "all"} <= set(results["bpe"])
+    assert all(results["bpe"][k]["bytes"] > 0 for k in ("plays", "wiki"))

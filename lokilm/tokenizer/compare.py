@@ -17,15 +17,15 @@ from lokilm.data.readers import DataError, ReadStats, iter_documents
 from lokilm.fileio import write_json
 from lokilm.rundir import RunDir
 from lokilm.shards import split_of
-from lokilm.data.inputs import split_cut, train_texts
+from lokilm.data.inputs import sources_in, split_cut, train_texts
 from lokilm.tokenizer.adapt import adapt_cl100k, cl100k_tokenizer
 from lokilm.tokenizer.bpe import encode, take_bytes, train_bpe
 
 HELDOUT_MAX_BYTES = 20_000_000  # per input: enough for stable ratios, bounded for big corpora
 
 
-def heldout_texts(cfg: Config, inputs: list[str], stats: ReadStats, cut: float) -> list[str]:
-    docs = iter_documents(inputs, text_field=cfg.data.text_field, stats=stats)
+def heldout_texts(inputs: list[str], text_field: str, stats: ReadStats, cut: float) -> list[str]:
+    docs = iter_documents(inputs, text_field=text_field, stats=stats)
     return list(take_bytes((d.text for d in docs if split_of(d.id, cut) == "val"), HELDOUT_MAX_BYTES))
 
 
@@ -58,10 +58,12 @@ def compare_stage(cfg: Config) -> dict:
     adapted.save(str(out / "adapted.json"))
     fresh.save(str(out / "bpe.json"))
     tokenizers = {"cl100k_base": cl100k_tokenizer(), "adapted": adapted, "bpe": fresh}
-    heldout = {str(inp): heldout_texts(cfg, [inp], ReadStats(), cut) for inp in cfg.data.inputs}
+    # one column per input, or per source of a data mixture
+    columns = sources_in(cfg) if cfg.data.mixture else {str(i): ([i], cfg.data.text_field) for i in cfg.data.inputs}
+    heldout = {name: heldout_texts(inputs, field, ReadStats(), cut) for name, (inputs, field) in columns.items()}
     heldout = {k: v for k, v in heldout.items() if v}
     if not heldout:
-        raise DataError(f"no held-out documents in data.inputs={cfg.data.inputs} "
+        raise DataError(f"no held-out documents in {list(columns)} "
                         f"(data.holdout_fraction={cfg.data.holdout_fraction}); raise it to compare")
     every = [text for texts in heldout.values() for text in texts]
     results = {name: {"vocab_size": tok.get_vocab_size(), "all": measure(tok, every),
