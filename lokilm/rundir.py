@@ -172,7 +172,12 @@ class RunDir:
         """Hold the run directory for one writing command. A second `loki train` (or run, curate...) on the same
         directory is refused naming the holder. The OS drops the lock when its process dies, however it dies,
         so a stale lock file from a killed run never blocks the next one."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise LokiError(f"run_dir {self.root} is a file, not a directory")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LokiError(f"cannot create run_dir {self.root} ({e.strerror})") from None
         path = self.root / ".lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

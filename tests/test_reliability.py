@@ -468,3 +468,27 @@ def test_the_model_package_stands_alone():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lokilm."):
                 assert node.module.startswith(("lokilm.model", "lokilm.errors")), f"{path} imports {node.module}"
+
+
+def test_import_force_never_replaces_a_run_directory_in_use(make_cfg, tmp_path, capsys):
+    run = tmp_path / "busy"
+    train(make_cfg(run, "train.max_steps=2"))
+    before = sorted(p.name for p in run.iterdir())
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from lokilm.rundir import RunDir\n"
+        f"with RunDir.at({str(run)!r}).lock('train'):\n    print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, err = cli(capsys, "import", "/nonexistent.gguf", str(run), "--force")
+        assert code == 2 and "is in use by `loki train` (pid" in err
+        assert sorted(p.name for p in run.iterdir() if p.name != ".lock") == before  # nothing deleted
+    finally:
+        holder.kill()
+        holder.wait()
+    # a failed import into a new directory leaves nothing behind; a file where a run directory should be is refused
+    code, err = cli(capsys, "import", "/nonexistent.gguf", str(tmp_path / "new"))
+    assert code == 2 and "does not exist" in err and not (tmp_path / "new").exists()
+    (tmp_path / "a-file").write_text("x")
+    code, err = cli(capsys, "import", "/nonexistent.gguf", str(tmp_path / "a-file"))
+    assert code == 2 and "is a file, not a directory" in err

@@ -4,6 +4,8 @@ import, so `loki --help` does not load torch."""
 from __future__ import annotations
 
 import argparse
+import shutil
+from pathlib import Path
 
 EXPORT_HELP = "a run's checkpoint as a Hugging Face model folder (RoPE: LlamaForCausalLM; ALiBi and learned " \
               "positions: LokiLM remote code, load with trust_remote_code=True)"
@@ -44,8 +46,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"  lm_eval --model hf --model_args pretrained={out},trust_remote_code=True,dtype=float32 --tasks ...")
         return 0
     from lokilm.interop.hf_import import import_model
+    from lokilm.rundir import RunDir
 
-    run_dir = import_model(args.source, args.run_dir, force=args.force)
+    # held while it writes (and, with --force, replaces) the run directory: never under a running `loki train`
+    created = not Path(args.run_dir).exists()
+    try:
+        with RunDir.at(args.run_dir).lock("import"):
+            run_dir = import_model(args.source, args.run_dir, force=args.force)
+    except BaseException:
+        if created:  # a failed import leaves nothing behind (not even the lock file's folder)
+            shutil.rmtree(args.run_dir, ignore_errors=True)
+        raise
     m = run_dir.cfg.model
     print(f"imported {args.source} into {run_dir.root}: {m.n_layer} layers, hidden {m.d_model}, {m.n_head} heads "
           f"({m.n_kv_head or m.n_head} KV), vocabulary {m.vocab_size}, context {m.context_length}")

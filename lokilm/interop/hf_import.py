@@ -125,10 +125,12 @@ def _lokilm_export(source: Path, config: dict) -> Transformer:
 def import_model(source: str | Path, run_dir: str | Path, force: bool = False) -> RunDir:
     """Import a Hugging Face Llama-family folder or GGUF file into a new run directory."""
     source, out = Path(source), Path(run_dir)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != ".lock" for p in out.iterdir()):  # .lock: the importing command's own
         if not force:
             raise LokiError(f"{out} already exists; pass --force to overwrite it")
-        shutil.rmtree(out)
+        for p in out.iterdir():  # all but the lock this command holds
+            if p.name != ".lock":
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     config_file = source / "config.json"
     config = json.loads(config_file.read_text()) if source.is_dir() and config_file.is_file() else {}
     if config.get("model_type") == "lokilm":
