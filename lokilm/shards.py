@@ -230,6 +230,13 @@ class TokenWindows:
     def __len__(self) -> int:
         return int(self._starts[-1])
 
+    def sources(self) -> list[str] | None:
+        """The mixture source of each window (from its shard), or None for the shards of one corpus."""
+        if "sources" not in self.meta:
+            return None
+        shards = self.meta["splits"][self.split]["shards"]
+        return [shard["source"] for shard, n in zip(shards, np.diff(self._starts)) for _ in range(int(n))]
+
     def __getitem__(self, i: int) -> np.ndarray:
         shard = int(np.searchsorted(self._starts, i, side="right") - 1)
         off = (i - self._starts[shard]) * self.seq_len

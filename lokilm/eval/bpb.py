@@ -12,10 +12,10 @@ def spread(n: int, total: int) -> np.ndarray:
     """n window indices evenly spaced over 0..total-1 (all of them when n >= total). The held-out split lists
     its documents source by source (a mixture's sources, a corpus's folders): its first n windows would score
     only the first of them."""
-    if n >= total:
-        return np.arange(total)
+    if n >= total or n <= 0:
+        return np.arange(total if n > 0 else 0)
     # spacing (total - 1) / (n - 1) >= 1, so the rounded indices are distinct
-    return np.linspace(0, total - 1, max(n, 1)).round().astype(np.int64) if n > 0 else np.arange(0)
+    return np.linspace(0, total - 1, n).round().astype(np.int64)
 
 
 def bits_per_byte(model, windows, token_bytes: np.ndarray, n_windows: int, batch_size: int,

@@ -138,7 +138,7 @@ class Trainer:
         if val_windows is not None:
             units.append(HeldOutEval(self.step_model, val_windows, token_byte_lengths(load_tokenizer(self.run.tokenizer)),
                                      t.eval_every, t.eval_batches * t.micro_batch_size, t.micro_batch_size,
-                                     self.device, self.autocast, t.max_steps, val_sources(self.run.shards, meta, seq)))
+                                     self.device, self.autocast, t.max_steps, val_windows.sources()))
         units += [self.logging, self.checkpoint]
         names = [u.name for u in units]
         if len(set(names)) != len(names):
@@ -285,19 +285,6 @@ class Trainer:
             u.after_step(step)
             if self.state.step != step.number:
                 return  # a unit rewound the run (a rollback): this step no longer exists
-
-
-def val_sources(shards, meta: dict, seq: int) -> list[str] | None:
-    """The source of each held-out window of a mixture's union val split (its sources' val windows, in the
-    order its meta.json lists them); None for shards of one corpus."""
-    if "sources" not in meta:
-        return None
-    owners: list[str] = []
-    for name, source in meta["sources"].items():
-        if source["splits"]["val"]["tokens"]:
-            owners += [name] * len(TokenWindows(shards / source.get("folder", name), "val", seq))
-    # the union's windows are its sources' windows end to end; if they do not line up, report the total alone
-    return owners if len(owners) == len(TokenWindows(shards, "val", seq)) else None
 
 
 def train(cfg: Config, extra_units: Iterable[UnitFactory] = ()) -> dict:
