@@ -1,5 +1,5 @@
-"""MB/s of each curation stage on the same documents, in one process; the heuristics both as lokilm's fast filters and
-as datatrove's own, one after the other, with a check that they decide identically.
+"""MB/s of each curation stage on the same documents, in one process; the heuristics and MinHash signatures both as
+lokilm's fast versions and as datatrove's own, one after the other, with a check that they give identical results.
 
     .venv/bin/python benchmarks/curate_throughput.py --inputs ../shared/data/corpus [--json] [--every 4] [--repeat 2]
 
@@ -10,13 +10,15 @@ loaded first, untimed). MB/s is the UTF-8 text going into a stage over its time:
 chain runs N times alternately (lokilm, datatrove, lokilm, ...) and the fastest time of each filter counts, so a
 load spike from another process does not favour either. The filters run as in the pipeline: each document through
 quality, repetition, C4 in turn until one drops it, each call timed (lokilm's filters share one analysis of a text). --json prints one JSON line per stage: for the heuristics "stage",
-"lokilm_mb_per_s", "datatrove_mb_per_s", "speedup" and "identical" (decisions, reasons and rewritten texts).
+"lokilm_mb_per_s", "datatrove_mb_per_s", "speedup" and "identical" (decisions, reasons and rewritten texts); the same
+for MinHash, where "identical" compares every signature file byte for byte.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inputs", nargs="+", required=True, help="corpus files or folders (any format lokilm reads)")
     ap.add_argument("--json", action="store_true", help="one JSON line per stage instead of a table")
     ap.add_argument("--every", type=int, default=1, help="use every N-th document (a quick sample)")
-    ap.add_argument("--repeat", type=int, default=1, help="runs of each heuristic filter, alternating (fastest counts)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each heuristic filter and MinHash engine, alternating (fastest counts)")
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                     help="cpu: this process's CPU time (default; fair on a shared machine); wall: elapsed time")
     args = ap.parse_args(argv)
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                  "mb_per_s": round(mb(docs) / seconds, 2)})
     h_rows, kept = heuristics(normalised, args.repeat)
     rows += h_rows
-    rows += dedup_and_decontamination(kept)
+    rows += dedup_and_decontamination(kept, args.repeat)
     for row in rows:
         if args.json:
             print(json.dumps(row))
@@ -135,24 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(r.get("identical", True) for r in rows) else 1
 
 
-def dedup_and_decontamination(docs: list[Document]) -> list[dict]:
-    from datatrove.pipeline.dedup import ExactDedupSignature, MinhashDedupSignature
+def dedup_and_decontamination(docs: list[Document], repeat: int) -> list[dict]:
+    from datatrove.pipeline.dedup import ExactDedupSignature
     from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
-    from datatrove.pipeline.dedup.minhash import MinhashConfig
 
     from lokilm.curate.decontaminate import Decontaminate, NgramIndex
-    from lokilm.curate.heuristics import RegexWordTokenizer
     from lokilm.curate.pipeline import doc_text
     from lokilm.curate.reader import reading_order_priority
 
     c = CurateConfig()
-    m, d = c.minhash, c.decontaminate
+    d = c.decontaminate
     with tempfile.TemporaryDirectory() as tmp:
         exact = ExactDedupSignature(f"{tmp}/exact", ExactDedupConfig(content_getter=doc_text,
                                                                      document_priority=reading_order_priority))
-        mh = MinhashDedupSignature(f"{tmp}/mh", MinhashConfig(n_grams=m.n_grams, num_buckets=m.num_buckets,
-                                                              hashes_per_bucket=m.hashes_per_bucket, seed=m.seed),
-                                   language=RegexWordTokenizer())
         NgramIndex.for_benchmarks(d.n, d.benchmarks, d.cache_dir)  # built (or loaded) before the clock starts
 
         class Discard:  # the removals writer: nothing written, the time is the step's own
@@ -166,8 +163,35 @@ def dedup_and_decontamination(docs: list[Document]) -> list[dict]:
                 pass
 
         decont = Decontaminate(d.n, d.mode, d.benchmarks, d.cache_dir, Discard())
-        return [timed_step("exact_dedup_signature", exact, docs), timed_step("minhash_signature", mh, docs),
+        return [timed_step("exact_dedup_signature", exact, docs), minhash(docs, repeat, tmp),
                 timed_step("decontaminate", decont, docs)]
+
+
+def minhash(docs: list[Document], repeat: int, tmp: str) -> dict:
+    """lokilm's MinHash signature step against datatrove's, alternately, with their signature files compared."""
+    from datatrove.pipeline.dedup import MinhashDedupSignature
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
+
+    from lokilm.curate.fast_minhash import FastMinhashDedupSignature
+    from lokilm.curate.words import RegexWordTokenizer
+
+    m = CurateConfig().minhash
+    config = MinhashConfig(n_grams=m.n_grams, num_buckets=m.num_buckets, hashes_per_bucket=m.hashes_per_bucket,
+                           seed=m.seed)
+    best, files = {}, {}
+    for _ in range(repeat):
+        for name, cls in (("lokilm", FastMinhashDedupSignature), ("datatrove", MinhashDedupSignature)):
+            out = Path(tmp) / f"mh_{name}"
+            shutil.rmtree(out, ignore_errors=True)
+            row = timed_step(name, cls(str(out), config, language=RegexWordTokenizer()), docs)
+            best[name] = min(best.get(name, float("inf")), row["seconds"])
+            files[name] = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*.sig"))}
+    size = mb(docs)
+    return {"stage": "minhash_signature", "documents": len(docs), "mb": round(size, 2),
+            "lokilm_mb_per_s": round(size / best["lokilm"], 2), "datatrove_mb_per_s": round(size / best["datatrove"], 2),
+            "speedup": round(best["datatrove"] / best["lokilm"], 1),
+            "identical": bool(files["lokilm"]) and files["lokilm"] == files["datatrove"],
+            "lokilm_s": round(best["lokilm"], 2), "datatrove_s": round(best["datatrove"], 2)}
 
 
 if __name__ == "__main__":

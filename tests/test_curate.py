@@ -76,6 +76,18 @@ def test_minhash_catches_a_lightly_edited_edition_but_not_distinct_texts(tmp_pat
     assert all(a in kept for a in articles[:8])
 
 
+def test_minhash_engines_give_the_same_curation(tmp_path, cache, sample_text, articles):
+    play = Normalise().format(sample_text[:60_000])
+    docs = [play, Normalise().format(light_edit(play)), Normalise().format(light_edit(play, seed=1, rate=0.2)),
+            *articles[:6], articles[2] + " Café naïve, e\u0301 \u0301 résumé."]
+    runs = {engine: curate(tmp_path, cache, docs, "curate.heuristics.enabled=false", f"curate.minhash.engine={engine}",
+                           name=engine) for engine in ("lokilm", "datatrove")}
+    (_, kept_a, removed_a), (_, kept_b, removed_b) = runs["lokilm"], runs["datatrove"]
+    assert kept_a == kept_b and removed_a == removed_b and len(removed_a["minhash"]) >= 2
+    sigs = [sorted((tmp_path / e / "curate/work/mh_sigs").rglob("*.sig")) for e in ("lokilm", "datatrove")]
+    assert sigs[0] and [p.read_bytes() for p in sigs[0]] == [p.read_bytes() for p in sigs[1]]
+
+
 def test_decontamination_removes_planted_benchmark_items_and_keeps_short_overlaps(tmp_path, cache, articles):
     arc = load_arc_challenge()[0]["question"]
     mmlu = next(q for r in load_mmlu() if len((q := r["question"]).split()) > 20 and "{" not in q)  # C4 drops "{"

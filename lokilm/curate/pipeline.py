@@ -169,7 +169,11 @@ def build_phases(cfg: Config, work: Path) -> list[tuple[str, list, int]]:
         m = c.minhash
         mh = MinhashConfig(n_grams=m.n_grams, num_buckets=m.num_buckets, hashes_per_bucket=m.hashes_per_bucket,
                            seed=m.seed)
-        cut(MinhashDedupSignature(str(work / "mh_sigs"), mh, language=RegexWordTokenizer()))
+        if m.engine == "lokilm":
+            from lokilm.curate.fast_minhash import FastMinhashDedupSignature as signature
+        else:
+            signature = MinhashDedupSignature
+        cut(signature(str(work / "mh_sigs"), mh, language=RegexWordTokenizer()))
         buckets, remove = str(work / "mh_buckets"), str(work / "mh_remove")
         phases.append(("minhash_buckets", [MinhashDedupBuckets(str(work / "mh_sigs"), buckets, config=mh)], m.num_buckets))
         phases.append(("minhash_cluster", [MinhashDedupCluster(buckets, remove, config=mh)], 1))

@@ -51,6 +51,7 @@ class ExactDedupSettings:
 @dataclass
 class MinhashSettings:
     enabled: bool = True
+    engine: Literal["lokilm", "datatrove"] = "lokilm"  # lokilm's fast signatures or datatrove's: identical files
     n_grams: int = 5  # datatrove's defaults: word 5-grams, 14 bands x 8 hashes
     num_buckets: int = 14
     hashes_per_bucket: int = 8
