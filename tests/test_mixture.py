@@ -6,6 +6,7 @@ import random
 import shutil
 
 import pytest
+import torch
 from conftest import SMALL
 
 from lokilm.cli import main
@@ -296,3 +297,14 @@ def test_held_out_bits_per_byte_is_reported_per_source_too(prepared, sources, tm
     per = {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith("val_bpb/")}
     assert set(per) == with_val and len(per) >= 3  # a budget of 40 x 8 windows covers every source
     assert min(per.values()) <= last["val_bpb"] <= max(per.values())
+    # loki eval's held-out figure: the same per-source split, and at the training's window budget the same values
+    from lokilm.checkpoint import load_model
+    from lokilm.eval.report import markdown
+    from lokilm.eval.run import held_out_bpb
+
+    model, cfg = load_model(run, torch.device("cpu"))
+    bpb = held_out_bpb(model, cfg, cfg.train.eval_batches * cfg.train.micro_batch_size, 8, torch.device("cpu"))
+    assert bpb["by_source"] == pytest.approx(per, abs=1e-6) and bpb["value"] == pytest.approx(last["val_bpb"], abs=1e-6)
+    table = markdown({"run_dir": str(run), "step": 2, "preset": "quick", "tasks": {}, "bpb": bpb,
+                      "lm_eval_version": "-", "device": "cpu", "seconds": 0})
+    assert all(f"| {name} | {v:.4f} |" in table for name, v in per.items())

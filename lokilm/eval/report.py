@@ -43,6 +43,9 @@ def markdown(ev: dict) -> str:
     if ev.get("bpb"):
         lines += ["", (f"Held-out bits per byte: {ev['bpb']['value']:.4f} ({ev['bpb']['windows']} windows of "
                        f"{ev['bpb']['tokens_per_window']} tokens).")]
+        if ev["bpb"].get("by_source"):
+            lines += ["", "| source | bits per byte |", "|---|---|"]
+            lines += [f"| {name} | {v:.4f} |" for name, v in ev["bpb"]["by_source"].items()]
     if ev.get("winobias"):
         wb = ev["winobias"]
         lines += ["", "## WinoBias", "", "| | accuracy |", "|---|---|"]

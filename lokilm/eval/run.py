@@ -97,8 +97,9 @@ def evaluate_run(run_dir: str | Path, settings: EvalConfig, limit: int | None = 
 
 
 def held_out_bpb(model, cfg, n_windows: int, batch_size: int, device: torch.device) -> dict | None:
-    """Bits per byte on the run's held-out shards (lokilm.eval.bpb), or None if the run has no val split."""
-    from lokilm.eval.bpb import bits_per_byte
+    """Bits per byte on the run's held-out shards (lokilm.eval.bpb), or None if the run has no val split; for a
+    data mixture also per source (`by_source`), from the same scored windows, as val_bpb/<source> in training."""
+    from lokilm.eval.bpb import bits_per_byte_by_group
     from lokilm.shards import TokenWindows, read_meta
     from lokilm.tokenizer import load_tokenizer, token_byte_lengths
 
@@ -110,9 +111,10 @@ def held_out_bpb(model, cfg, n_windows: int, batch_size: int, device: torch.devi
     from lokilm.parallel.precision import autocast_for
 
     # the benchmarks' precision policy too (bf16 on CUDA): one policy for every figure of an evaluation
-    value = bits_per_byte(model, windows, token_bytes, n_windows, batch_size, device,
-                          autocast_for(device, cfg.train.precision))
-    return {"value": value, "windows": min(n_windows, len(windows)), "tokens_per_window": cfg.model.context_length}
+    value, by_source = bits_per_byte_by_group(model, windows, token_bytes, n_windows, batch_size, device,
+                                              autocast_for(device, cfg.train.precision), windows.sources())
+    out = {"value": value, "windows": min(n_windows, len(windows)), "tokens_per_window": cfg.model.context_length}
+    return {**out, "by_source": by_source} if by_source else out
 
 
 def load_items(run_dir: str | Path, preset: str, limit: int | None = None) -> list[dict]:
