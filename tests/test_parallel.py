@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -94,6 +95,9 @@ def test_one_process_checkpoints_resume_in_two(make_cfg, reference, tmp_path, on
     torchrun(make_cfg(run, *STEPS))
     ref, got = losses(reference), losses(run)
     assert [got[s] for s in range(5, 9)] == pytest.approx([ref[s] for s in range(5, 9)], rel=1e-5)
+    # the final held-out bpb, its windows shared by the two ranks, is the one-process figure
+    val = [{r["step"]: r["val_bpb"] for r in read_metrics(d) if "val_bpb" in r} for d in (reference, run)]
+    assert val[1][8] == pytest.approx(val[0][8], rel=1e-5)
     events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "resume" and events[-1]["step"] == 4
 
@@ -226,3 +230,63 @@ def test_activation_checkpointing_changes_nothing_but_memory(mode):
         model(x[:, :-1], x[:, 1:]).backward()
     for (name, a), b in zip(plain.named_parameters(), wrapped.parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_held_out_windows_are_shared_by_the_ranks_with_equal_forward_counts(make_cfg, tmp_path):
+    """Each rank scores every world_size-th batch and runs as many forwards as the others (a sharded forward is
+    collective); summing the ranks' per-window figures gives the one-process value. The second rank is played in
+    this process (a stand-in for another process: its all-reduce adds the other rank's arrays)."""
+    from lokilm.eval.bpb import bits_per_byte_by_group
+    from lokilm.model import Transformer
+
+    cfg = make_cfg(tmp_path / "r", *STEPS)
+    model = Transformer(cfg.model)
+    model.init_weights()
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, cfg.model.vocab_size, size=(11, 33))
+    lengths = rng.integers(0, 4, size=cfg.model.vocab_size)
+
+    class Windows:
+        def __init__(self):
+            self.asked = []
+
+        def __len__(self):
+            return len(data)
+
+        def batch(self, idx):
+            self.asked.append(list(idx))
+            return data[list(idx)]
+
+    groups = ["a"] * 6 + ["b"] * 5
+    cpu = torch.device("cpu")
+    expected = bits_per_byte_by_group(model, Windows(), lengths, 11, 2, cpu, groups=groups)
+    seen, partial = [], []
+
+    class Rank:  # what Distributed offers: world size, rank, fsdp, and an all-reduce (here: keep and sum later)
+        def __init__(self, rank):
+            self.world_size, self.rank, self.fsdp = 2, rank, True
+
+        def all_sum(self, value):
+            partial.append(value.clone())
+            return value
+
+    for r in (0, 1):
+        w = Windows()
+        bits_per_byte_by_group(model, w, lengths, 11, 2, cpu, groups=groups, dist=Rank(r))
+        seen.append(w.asked)
+    # 6 batches of 2 (the last of 1): rank 0 scores batches 0, 2, 4; rank 1 batches 1, 3, 5
+    assert [len(a) for a in seen] == [3, 3] and seen[0][0] == [0, 1] and seen[1][0] == [2, 3]
+    both = (partial[0] + partial[1]).numpy()
+    total = float(both[0].sum()) / (np.log(2) * int(both[1].sum()))
+    assert total == pytest.approx(expected[0], rel=1e-9)
+
+    # 5 batches over 2 ranks: rank 1 has 2 of its own and repeats its first once more, unscored
+    seen.clear(), partial.clear()
+    for r in (0, 1):
+        w = Windows()
+        bits_per_byte_by_group(model, w, lengths, 10, 2, cpu, dist=Rank(r))
+        seen.append(w.asked)
+    assert [len(a) for a in seen] == [3, 3] and seen[1][2] == seen[1][0]
+    both = (partial[0] + partial[1]).numpy()
+    assert float(both[0].sum()) / (np.log(2) * int(both[1].sum())) == pytest.approx(
+        bits_per_byte_by_group(model, Windows(), lengths, 10, 2, cpu)[0], rel=1e-9)

@@ -10,9 +10,10 @@ class HeldOutEval(Unit):
     name = "eval"
 
     def __init__(self, model, windows, token_bytes, every: int, n_windows: int, batch_size: int, device, autocast,
-                 max_steps: int, groups=None):
-        """`groups`: the source of each held-out window (a data mixture), for val_bpb/<source> beside val_bpb."""
-        self.groups = groups
+                 max_steps: int, groups=None, dist=None):
+        """`groups`: the source of each held-out window (a data mixture), for val_bpb/<source> beside val_bpb.
+        `dist`: under FSDP the ranks share the windows (lokilm.eval.bpb), each scoring 1/world_size of them."""
+        self.groups, self.dist = groups, dist
         self.model, self.windows, self.token_bytes = model, windows, token_bytes
         self.every, self.n_windows, self.batch_size = every, n_windows, batch_size
         self.device, self.autocast, self.max_steps = device, autocast, max_steps
@@ -35,4 +36,4 @@ class HeldOutEval(Unit):
 
     def evaluate_by_source(self) -> tuple[float, dict[str, float]]:
         return bits_per_byte_by_group(self.model, self.windows, self.token_bytes, self.n_windows, self.batch_size,
-                                      self.device, self.autocast, self.groups)
+                                      self.device, self.autocast, self.groups, self.dist)

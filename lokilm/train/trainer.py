@@ -138,7 +138,7 @@ class Trainer:
         if val_windows is not None:
             units.append(HeldOutEval(self.step_model, val_windows, token_byte_lengths(load_tokenizer(self.run.tokenizer)),
                                      t.eval_every, t.eval_batches * t.micro_batch_size, t.micro_batch_size,
-                                     self.device, self.autocast, t.max_steps, val_windows.sources()))
+                                     self.device, self.autocast, t.max_steps, val_windows.sources(), self.dist))
         units += [self.logging, self.checkpoint]
         names = [u.name for u in units]
         if len(set(names)) != len(names):
