@@ -52,6 +52,66 @@ def test_writer_round_trip_and_crash_before_commit(tmp_path):
         cache.continuation(9)
 
 
+def test_a_crash_between_the_index_and_meta_commits_keeps_the_counts_right(tmp_path, monkeypatch):
+    from lokilm.distill import cache as cache_module
+
+    w = TeacherCacheWriter(tmp_path / "t1", META)
+    w.add(3, np.array([5, 6, 7]), seed=11, regenerations=0)
+    w.commit()
+    w.add(9, np.zeros(0), seed=12, regenerations=2, dropped="contaminated")
+    w.add(5, np.zeros(0), seed=12, regenerations=0)  # an empty continuation
+    w.add(6, np.array([4]), seed=12, regenerations=1)
+
+    def killed(*args, **kwargs):  # the index is committed; the process dies before meta.json is written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_module, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        w.commit()
+    w.close()
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "t1" / "meta.json").read_text())["counts"]["generated"] == 1  # behind the index
+    w = TeacherCacheWriter(tmp_path / "t1", META)
+    assert w.done == {3, 9, 5, 6}
+    assert w.counts == {"generated": 2, "regenerated": 3, "dropped_contaminated": 1, "empty": 1}
+    w.finish({})
+    assert json.loads((tmp_path / "t1" / "meta.json").read_text())["counts"] == w.counts
+    assert TeacherCache.open(tmp_path / "t1", **OPEN).windows.tolist() == [3, 6]
+
+
+def test_an_index_of_five_columns_still_opens_and_resumes(tmp_path):
+    w = TeacherCacheWriter(tmp_path / "t1", META)
+    w.add(3, np.array([5, 6, 7]), seed=11, regenerations=0)
+    w.add(9, np.zeros(0), seed=12, regenerations=3, dropped="contaminated")
+    w.finish({})
+    index = tmp_path / "t1" / "index.npy"
+    np.save(index, np.load(index)[:, :5])  # as written before the kind column
+    cache = TeacherCache.open(tmp_path / "t1", **OPEN)
+    assert cache.windows.tolist() == [3] and cache.continuation(3).tolist() == [5, 6, 7]
+    w = TeacherCacheWriter(tmp_path / "t1", META)
+    assert w.done == {3, 9} and w.counts["dropped_contaminated"] == 1  # meta.json's counts, kept
+    w.add(4, np.array([1]), seed=13, regenerations=0)
+    w.finish({})
+    assert np.load(index).shape == (3, 6) and TeacherCache.open(tmp_path / "t1", **OPEN).windows.tolist() == [3, 4]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "pickle", "shape"])
+def test_a_damaged_index_is_a_clear_error(tmp_path, damage):
+    w = TeacherCacheWriter(tmp_path / "t1", META)
+    w.add(3, np.array([5, 6, 7]), seed=11, regenerations=0)
+    w.finish({})
+    index = tmp_path / "t1" / "index.npy"
+    if damage == "garbage":
+        index.write_bytes(b"\x93NUMPY garbage" * 3)
+    elif damage == "pickle":
+        np.save(index, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    else:
+        np.save(index, np.zeros((2, 3), dtype=np.int64))
+    for attempt in (lambda: TeacherCache.open(tmp_path / "t1", **OPEN), lambda: TeacherCacheWriter(tmp_path / "t1", META)):
+        with pytest.raises(CacheError, match="'t1'.*index.npy.*--restart"):
+            attempt()
+
+
 @pytest.mark.parametrize("change, message", [
     ({"tokenizer_sha256": "zz"}, "'t1'.*another student tokenizer"),
     ({"shards_fingerprint": "zz"}, "'t1'.*other training shards"),

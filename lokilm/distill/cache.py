@@ -4,12 +4,15 @@ One folder per teacher, cache_root(cfg)/<teacher name>/:
     meta.json      what the cache was made from (teacher, student tokenizer sha256, shards fingerprint,
                    context length, prefix length, sampling settings), counts, and a `complete` flag
     tokens.bin     uint32 student-token ids of every continuation, appended one after another
-    index.npy      int64 rows (window, offset, length, seed, regenerations), one per window handled,
-                   in the order they were generated (the KD order); length 0 marks a dropped window
+    index.npy      int64 rows (window, offset, length, seed, regenerations, kind), one per window handled,
+                   in the order they were generated (the KD order); kind 0 is a continuation, 1 a window
+                   dropped as contaminated, 2 one dropped as empty (length 0 for both)
 
 tokens.bin is only appended to; index.npy and meta.json are replaced atomically at each commit, so a
 crash loses at most the batch since the last commit, and the writer cuts tokens.bin back to the last
-committed row when it resumes.
+committed row when it resumes. The index is the record: a crash between its commit and meta.json's leaves
+meta.json's counts behind, so a resuming writer counts from the index's rows (an index of five columns,
+written before the kind column, keeps meta.json's counts).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from lokilm.fileio import atomic_write, write_json
 IDENTITY_KEYS = ("teacher", "source", "tokenizer_sha256", "shards_fingerprint", "context_length",
                  "prefix_tokens", "sampling")
 COUNT_KEYS = ("generated", "regenerated", "dropped_contaminated", "empty")
-_ROW = 5  # window, offset, length, seed, regenerations
+_ROW = 6  # window, offset, length, seed, regenerations, kind
+_KINDS = {None: 0, "contaminated": 1, "empty": 2}
 
 
 class CacheError(LokiError):
@@ -73,6 +77,26 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def load_index(path: Path, name: str) -> np.ndarray:
+    """A cache's index.npy as (n, 5 or 6) int64 rows (no pickles); a damaged file is a CacheError."""
+    try:
+        rows = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise CacheError(f"teacher {name!r}: {path} is damaged ({e}); rerun `loki distill generate --restart`")
+    if rows.ndim != 2 or rows.shape[1] not in (5, _ROW) or rows.dtype != np.int64:
+        raise CacheError(f"teacher {name!r}: {path} is not a teacher-cache index ({rows.dtype} {rows.shape}); "
+                         "rerun `loki distill generate --restart`")
+    return rows
+
+
+def row_counts(rows: np.ndarray) -> dict[str, int]:
+    """The COUNT_KEYS of an index with the kind column."""
+    kind = rows[:, 5]
+    return {"generated": int((kind == 0).sum()), "regenerated": int(rows[:, 4].sum()),
+            "dropped_contaminated": int((kind == _KINDS["contaminated"]).sum()),
+            "empty": int((kind == _KINDS["empty"]).sum())}
+
+
 class TeacherCacheWriter:
     """Appends one teacher's continuations; resumable: windows in `done` were committed by an earlier run.
 
@@ -99,8 +123,13 @@ class TeacherCacheWriter:
                 raise CacheError(f"teacher {self.name!r}: the cache in {self.path} was made with other "
                                  f"{', '.join(changed)}; delete it (or pass --restart) to regenerate")
             if (self.path / "index.npy").is_file():
-                rows = np.load(self.path / "index.npy")
+                rows = load_index(self.path / "index.npy", self.name)
             self.counts.update(old.get("counts", {}))
+            if rows.shape[1] == _ROW:
+                self.counts = row_counts(rows)
+            else:  # five columns (no kind): give each row its kind back; the counts stay meta.json's
+                kind = np.where(rows[:, 2] > 0, 0, _KINDS["empty"])
+                rows = np.column_stack([rows, kind]).astype(np.int64)
         elif restart:
             for name in ("meta.json", "index.npy", "tokens.bin"):
                 (self.path / name).unlink(missing_ok=True)
@@ -124,7 +153,7 @@ class TeacherCacheWriter:
         if dropped is None and len(tokens) == 0:
             dropped = "empty"
         self._tokens.write(tokens.tobytes())
-        self._rows.append((window, self._end, len(tokens), int(seed), int(regenerations)))
+        self._rows.append((window, self._end, len(tokens), int(seed), int(regenerations), _KINDS[dropped]))
         self._end += len(tokens)
         self.done.add(window)
         self.counts["regenerated"] += int(regenerations)
@@ -191,7 +220,7 @@ class TeacherCache:
         if not meta.get("complete"):
             raise CacheError(f"teacher {name!r}: the cache in {path} is incomplete ({meta.get('windows', 0)} "
                              "windows so far); rerun `loki distill generate` to finish it")
-        rows = np.load(path / "index.npy") if (path / "index.npy").is_file() else np.empty((0, _ROW), np.int64)
+        rows = load_index(path / "index.npy", name) if (path / "index.npy").is_file() else np.empty((0, _ROW), np.int64)
         size = (path / "tokens.bin").stat().st_size if (path / "tokens.bin").is_file() else 0
         end = int((rows[:, 1] + rows[:, 2]).max()) if len(rows) else 0
         if size < end * 4:
