@@ -256,6 +256,26 @@ def test_generate_resumes_where_it_stopped(make_cfg, tmp_path, teacher_run, prep
     assert decode(tok, a.continuation(a.windows[0]).tolist())  # real text
 
 
+def test_the_lokilm_teacher_decodes_a_batch_as_it_would_each_prompt_alone(teacher_run):
+    from lokilm.config import GenerateConfig
+    from lokilm.generate import generate_ids
+    from lokilm.tokenizer import encode, eot_id
+
+    teacher = load_teacher(TeacherSettings(name="tiny", kind="lokilm", path=str(teacher_run)))
+    prompts = ["The king", "Macbeth shall never vanquished be until", "O", "What is the night?"]
+    batch = teacher.generate(prompts, 12, seed=5, temperature=0.0, top_k=None, top_p=None)
+    eot = eot_id(teacher.tok)
+    alone = [decode(teacher.tok, list(generate_ids(teacher.model, [eot] + encode(teacher.tok, p),
+                                                     GenerateConfig(max_new_tokens=12, temperature=0.0, seed=0,
+                                                                    top_k=None, top_p=None),
+                                                     teacher.vocab_size, stop_id=eot))) for p in prompts]
+    assert batch == alone and len(set(batch)) > 1 and teacher.tokens_generated > 0
+    # sampled rows: each row's own generator, so a row does not depend on the others beside it
+    first = teacher.generate(prompts, 8, seed=5, temperature=0.9, top_k=None, top_p=None)
+    assert teacher.generate(prompts[:1], 8, seed=5, temperature=0.9, top_k=None, top_p=None) == first[:1]
+    assert teacher.generate([], 8, seed=5, temperature=0.9, top_k=None, top_p=None) == []
+
+
 def test_a_rerun_with_nothing_to_do_keeps_the_last_run_statistics(make_cfg, tmp_path, teacher_run):
     teacher = load_teacher(TeacherSettings(name="tiny", kind="lokilm", path=str(teacher_run)))
     cfg = _distill_cfg(make_cfg, tmp_path, teacher_run, "distill.cache_sequences=2")

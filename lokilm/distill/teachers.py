@@ -67,8 +67,9 @@ class HFTeacher(Teacher):
 
 
 class LokiTeacher(Teacher):
-    """A lokilm checkpoint (e.g. a larger lokilm model): prompts are continued one at a time with its KV cache,
-    since the lokilm model has no padding mask for batched prompts of different lengths."""
+    """A lokilm checkpoint (e.g. a larger lokilm model): the prompts of a call are decoded together, left-padded
+    in one KV cache (lokilm.generate.decode_steps), each row with its own seed, so a row's continuation does
+    not depend on the rows beside it (greedy rows are exactly those of decoding them one at a time)."""
 
     def __init__(self, name: str, run_dir: Path, ckpt=None):
         from lokilm.checkpoint import load_model
@@ -83,23 +84,23 @@ class LokiTeacher(Teacher):
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, seed, temperature, top_k, top_p):
         from lokilm.config import GenerateConfig
-        from lokilm.generate import generate_ids
+        from lokilm.generate import generate_batch
         from lokilm.tokenizer import decode, encode, eot_id
 
+        if not prompts:
+            return []
         eot = eot_id(self.tok)
         ctx = self.model.cfg.context_length
         # The prompt's most recent tokens, leaving room in the teacher's context for at least half of it
         # to be generated (generation stops at the end of the context)
         room = ctx - min(max_new_tokens, ctx // 2)
-        out = []
-        for i, prompt in enumerate(prompts):
-            ids = ([eot] + encode(self.tok, prompt))[-room:]
-            settings = GenerateConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                                      top_p=top_p, seed=seed * 1_000_003 + i)
-            new = list(generate_ids(self.model, ids, settings, self.vocab_size, stop_id=eot))
-            self.tokens_generated += len(new)
-            out.append(decode(self.tok, new))
-        return out
+        ids = [([eot] + encode(self.tok, prompt))[-room:] for prompt in prompts]
+        settings = GenerateConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                  top_p=top_p, seed=seed)
+        new = generate_batch(self.model, ids, settings, self.vocab_size, stop_id=eot,
+                             seeds=[seed * 1_000_003 + i for i in range(len(prompts))])
+        self.tokens_generated += sum(len(n) for n in new)
+        return [decode(self.tok, n) for n in new]
 
 
 def _user_cache() -> Path:
