@@ -67,14 +67,18 @@ class LokiLM(TemplateLM):
             rows = order[start:start + self.batch_size]
             width = len(rows[0])
             x = torch.tensor([list(r) + [0] * (width - len(r)) for r in rows], device=self._device)
+            # only the positions that predict a continuation token go through the head: each row's last n
+            n = [min(len(row), max(len(pairs[i][1]) for i in inputs[row])) for row in rows]
+            at = torch.tensor([b * width + p for b, (row, k) in enumerate(zip(rows, n))
+                               for p in range(len(row) - k, len(row))], device=self._device)
             with self._autocast():
-                logits = self.model(x)
-            logprobs = F.log_softmax(logits.float()[..., :self.vocab_size], dim=-1)
+                h = self.model.hidden(x)[0].flatten(0, 1)[at]
+                logits = self.model.head(h)
+            logprobs = F.log_softmax(logits.float()[:, :self.vocab_size], dim=-1).split(n)
             for row, lp_row in zip(rows, logprobs):
                 for i in inputs[row]:
-                    continuation = pairs[i][1]
-                    lp = lp_row[len(row) - len(continuation):len(row)]  # positions predicting the continuation
-                    target = torch.tensor(continuation, device=self._device)
+                    target = torch.tensor(pairs[i][1][-len(lp_row):], device=self._device)
+                    lp = lp_row[len(lp_row) - len(target):]  # the positions predicting this continuation
                     results[i] = (float(lp.gather(1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
             self.progress(min(start + self.batch_size, len(order)), len(order), "scored")
         return results
