@@ -159,11 +159,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     stage = "tokenizer" if args.command == "tokenizer" else args.command
     main_process = env_rank() == 0  # under torchrun, rank 0 writes and reports for all
     with _holding(cfg, f"{args.command} {subcommand or ''}".strip()):
-        if getattr(args, "restart", False):
-            _discard_training(cfg)
+        if getattr(args, "restart", False) and main_process:  # one rank moves the history aside; rank 0
+            _discard_training(cfg)                            # alone picks the checkpoint to resume from
         if args.command == "run":
             stages.run_all(cfg)
-            print(f"\nrun directory: {cfg.run_dir}  (stage summaries in {cfg.run_dir}/stages/)")
+            if main_process:
+                print(f"\nrun directory: {cfg.run_dir}  (stage summaries in {cfg.run_dir}/stages/)")
             return 0
         if main_process:
             RunDir(cfg).save_config()

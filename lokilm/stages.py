@@ -66,11 +66,50 @@ STAGES = {"curate": curate_stage, "tokenizer": tokenizer_stage, "tokenize": toke
 
 
 def run_all(cfg: Config) -> dict:
-    """`loki run`: every stage in order into one run directory."""
+    """`loki run`: every stage in order into one run directory. Under torchrun (several ranks), rank 0 alone
+    runs the stages before training while the others wait, every rank trains, and rank 0 alone runs the
+    stages after it, so no two processes ever write the same stage's files."""
+    from lokilm.parallel.dist import env_world_size
+
+    if env_world_size() > 1:
+        return _run_all_ranks(cfg)
     RunDir(cfg).save_config()
     results = {}
-    for name, stage in STAGES.items():
-        print(f"== {name}", flush=True)
-        results[name] = stage(cfg)
-        print(f"== {name}: {results[name].get('status')}", flush=True)
+    for name in STAGES:
+        results[name] = _stage(name, cfg)
+    return results
+
+
+def _stage(name: str, cfg: Config) -> dict:
+    print(f"== {name}", flush=True)
+    result = STAGES[name](cfg)
+    print(f"== {name}: {result.get('status')}", flush=True)
+    return result
+
+
+def _run_all_ranks(cfg: Config) -> dict:
+    from lokilm.parallel.dist import env_rank, init_distributed, run_on_main
+
+    before = list(STAGES)[:list(STAGES).index("train")]
+    after = list(STAGES)[list(STAGES).index("train") + 1:]
+    results: dict = {}
+
+    def prepare() -> None:
+        RunDir(cfg).save_config()
+        for name in before:
+            results[name] = _stage(name, cfg)
+
+    init_distributed(cfg.train.device, cfg.train.fsdp)  # the group training will use (train() closes it)
+    try:
+        run_on_main(prepare)
+    except BaseException:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    results["train"] = _stage("train", cfg) if env_rank() == 0 else STAGES["train"](cfg)
+    if env_rank() == 0:
+        for name in after:
+            results[name] = _stage(name, cfg)
     return results

@@ -118,8 +118,7 @@ def test_fsdp_in_one_process_and_consolidation_in_place(make_cfg, reference, tmp
     ref, got = losses(reference), losses(run)
     assert [got[s] for s in range(1, 5)] == pytest.approx([ref[s] for s in range(1, 5)], rel=1e-5)
     assert latest_checkpoint(run / "checkpoints").sharded
-    with pytest.raises(LokiError, match=f"loki checkpoint consolidate {run}"):
-        load_model(run)
+    direct, _ = load_model(run)  # generate, eval and export read a sharded checkpoint as it is
     assert loki(["checkpoint", "consolidate", str(run)]) == 0
     assert not latest_checkpoint(run / "checkpoints").sharded
     model, _ = load_model(run)
@@ -127,6 +126,7 @@ def test_fsdp_in_one_process_and_consolidation_in_place(make_cfg, reference, tmp
     x = torch.randint(0, 512, (2, 64))
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(direct(x), expected(x), rtol=1e-4, atol=1e-5)
 
 
 # A sharded save in two gloo processes where rank 1 cannot write its RNG file (a full disk, say)
@@ -290,3 +290,35 @@ def test_held_out_windows_are_shared_by_the_ranks_with_equal_forward_counts(make
     both = (partial[0] + partial[1]).numpy()
     assert float(both[0].sum()) / (np.log(2) * int(both[1].sum())) == pytest.approx(
         bits_per_byte_by_group(model, Windows(), lengths, 10, 2, cpu)[0], rel=1e-9)
+
+
+def _torchrun_cli(*args, nproc: int = 2, timeout: int = 400) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "lokilm.cli", *args]
+    return subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_loki_run_under_torchrun_prepares_on_rank_0_and_trains_on_every_rank(tmp_path):
+    run = tmp_path / "run"
+    done = _torchrun_cli("run", "configs/quickstart.yaml", f"run_dir={run}", "curate.enabled=false", *STEPS,
+                         "train.progress=false", "generate.max_new_tokens=4", "eval.tasks=[winogrande]",
+                         "eval.winobias=false", "eval.qualitative=false", "eval.bpb_windows=4")
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    for stage in ["tokenizer", "tokenize", "train", "eval", "generate"]:
+        assert json.loads((run / "stages" / f"{stage}.json").read_text())["status"] in ("done", "finished"), stage
+    assert (run / "report.html").is_file()  # eval, generate and report read the sharded checkpoint directly
+    # one rank ran each stage before and after training; training itself ran on both
+    assert out.count("== tokenize\n") == 1 and out.count("== eval\n") == 1
+    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    assert "FSDP2 over 2 process(es)" in events[0]["applied"]
+    assert json.loads((run / "stages" / "train.json").read_text())["world_size"] == 2
+
+
+def test_loki_run_under_torchrun_stops_every_rank_when_preparation_fails(tmp_path):
+    done = _torchrun_cli("run", "configs/quickstart.yaml", f"run_dir={tmp_path / 'run'}", "curate.enabled=false",
+                         f"data.inputs=[{tmp_path / 'missing'}]", *STEPS, timeout=200)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert out.count("loki: error:") == 2 and "rank 0 stopped before training" in out and "missing" in out

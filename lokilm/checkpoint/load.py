@@ -16,12 +16,17 @@ from lokilm.rundir import RunDir
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu",
                ckpt: Checkpoint | None = None) -> tuple[Transformer, Config]:
-    """The run's model with the weights of `ckpt` (default: its newest valid checkpoint), in eval mode, and the
-    run's config."""
+    """The run's model with the weights of `ckpt` (default: its newest valid checkpoint, single-file or sharded),
+    in eval mode, and the run's config."""
     run = RunDir.open(run_dir)
     ckpt = ckpt or latest_checkpoint(run.checkpoints)
     if ckpt is None:
         raise LokiError(f"{run_dir} has no valid checkpoint (train one with `loki train`)")
     model = Transformer(from_dict(ckpt.state["config"]).model).to(device)
-    ckpt.load_model(model)
+    if ckpt.sharded:  # an FSDP run's checkpoint: its weights through DCP, in this one process
+        from lokilm.checkpoint.sharded import load_weights
+
+        load_weights(ckpt, model)
+    else:
+        ckpt.load_model(model)
     return model.eval(), run.cfg

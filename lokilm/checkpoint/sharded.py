@@ -154,6 +154,20 @@ def load(ckpt: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimi
         restore_rng(load_file(str(rng)))
 
 
+def load_weights(ckpt: Checkpoint, model: torch.nn.Module) -> None:
+    """The weights alone of sharded checkpoint `ckpt`, into a plain model in this one process (what generate,
+    eval and export need): DCP reads only the model's entries, through the same restricted reader."""
+    content = {"model": get_model_state_dict(model)}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "torch.distributed is disabled")
+            dcp.load(content, storage_reader=_SafeReader(ckpt.path / SHARDED), planner=_SafeLoadPlanner(),
+                     no_dist=True)
+    except (RuntimeError, ValueError, KeyError, OSError) as e:
+        raise CheckpointError(f"checkpoint {ckpt.path}: its sharded weights cannot be loaded ({e})") from None
+    set_model_state_dict(model, content["model"])
+
+
 def _load_single_into_sharded(ckpt: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                               dist: Distributed) -> None:
     """A single-file checkpoint (a one-process run) resumed by FSDP: rank 0 reads it into a plain copy of the

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
@@ -117,3 +118,28 @@ def init_distributed(device_name: str, fsdp: bool | str) -> Distributed:
         else:  # `loki train ... train.fsdp=true` in one plain process: a group of one
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     return Distributed(rank, local_rank, world, device, sharded)
+
+
+def run_on_main(fn: Callable[[], None], wait_s: float = 7 * 24 * 3600) -> None:
+    """fn() on rank 0 while the other ranks of the (started) process group wait for it, e.g. `loki run`'s
+    curation and tokenisation before every rank trains. The wait is on a gloo group of its own with a timeout of
+    `wait_s` (a week), so hours of curation are not taken for a hang, while the training group keeps its usual
+    timeout. If fn() fails on rank 0, the other ranks stop with a LokiError naming the failure instead of
+    waiting for training that never starts."""
+    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=wait_s))
+    box: list = [None]
+    try:
+        if env_rank() == 0:
+            try:
+                fn()
+            except BaseException as e:
+                box = [f"{type(e).__name__}: {e}" if not isinstance(e, LokiError) else str(e)]
+                raise
+            finally:
+                dist.broadcast_object_list(box, src=0, group=group)
+        else:
+            dist.broadcast_object_list(box, src=0, group=group)
+            if box[0] is not None:
+                raise LokiError(f"rank 0 stopped before training, so this rank stops too: {box[0]}")
+    finally:
+        dist.destroy_process_group(group)
