@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from lokilm.cli import main as loki
+from lokilm.distill.settings import TeacherSettings
 from lokilm.config import ModelConfig, TrainConfig, to_dict
 from lokilm.errors import LokiError
 from lokilm.checkpoint import load_model
@@ -322,3 +323,17 @@ def test_loki_run_under_torchrun_stops_every_rank_when_preparation_fails(tmp_pat
     out = done.stdout + done.stderr
     assert done.returncode != 0
     assert out.count("loki: error:") == 2 and "rank 0 stopped before training" in out and "missing" in out
+
+
+def test_distillation_under_fsdp_gives_the_losses_of_one_process(make_cfg, reference, tmp_path, one_thread):
+    """Logit-mode KD with a live lokilm teacher (each rank runs it on its own micro-batches) on 2 processes."""
+    kd = ["distill.enabled=true", "distill.mode=logit", "distill.every=2"]
+    runs = {}
+    for name in ("one", "two"):
+        cfg = make_cfg(tmp_path / name, *STEPS, *kd)
+        cfg.distill.teachers = [TeacherSettings(name="t", kind="lokilm", path=str(reference))]
+        train(cfg) if name == "one" else torchrun(cfg)
+        runs[name] = {r["step"]: (r["loss"], r.get("kd")) for r in read_metrics(tmp_path / name) if "loss" in r}
+    assert [kd for _, kd in runs["one"].values()].count(True) == 4
+    assert [k for _, k in runs["two"].values()] == [k for _, k in runs["one"].values()]
+    assert [v for v, _ in runs["two"].values()] == pytest.approx([v for v, _ in runs["one"].values()], rel=1e-5)
