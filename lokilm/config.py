@@ -32,6 +32,9 @@ class SourceConfig:
     inputs: list[str] = field(default_factory=list)  # files or folders, read like data.inputs
     weight: float = 1.0  # its share of the training tokens (weights that do not sum to 1 are normalised)
     text_field: str | None = None  # the JSONL/Parquet key holding the text; None: data.text_field
+    # with curate.enabled: false passes this source to the tokenizer as it is (e.g. generated textbook text);
+    # the curated sources go through one curation together (dedup and decontamination across all of them)
+    curate: bool = True
 
 
 @dataclass
@@ -277,8 +280,6 @@ def _validate_mixture(cfg: Config) -> None:
         return
     _check(d.inputs == DataConfig().inputs, "data.mixture",
            f"set data.mixture or data.inputs, not both (data.inputs={d.inputs}); a mixture's sources name their inputs")
-    _check(not cfg.curate.enabled, "data.mixture", "curate.enabled with a mixture is not supported yet: curate each "
-           "source into a folder of its own (loki curate) and name those folders as the sources' inputs")
     names = [s.name for s in d.mixture]
     for i, s in enumerate(d.mixture):
         key = f"data.mixture[{i}]"

@@ -78,6 +78,10 @@ class RunDir:
         """The curated documents (JSONL) the tokenizer and tokenize stages read when curation is on."""
         return self.curate / "output"
 
+    def curated_source(self, name: str) -> Path:
+        """A data.mixture source's curated documents, inside `curated` (curation runs on every source at once)."""
+        return self.curated / name
+
     @property
     def curate_work(self) -> Path:
         return self.curate / "work"

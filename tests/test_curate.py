@@ -373,3 +373,40 @@ def test_prototype_pruning_per_source_keeps_each_sources_share():
     assert kept("source") == (10, 10)
     books, articles = kept("cluster", clusters=2)
     assert books + articles == 20 and books >= 5
+
+
+def test_a_mixture_is_curated_together_and_written_per_source(tmp_path, cache, articles):
+    """Curation reads every curated source in one pipeline (so a document in two sources is kept once), writes
+    curate/output/<source>/, and a `curate: false` source goes to the tokenizer as it is."""
+    from conftest import SMALL
+
+    from lokilm import stages
+
+    stub = "Too short to keep."
+    wiki, books, raw = tmp_path / "wiki.jsonl", tmp_path / "books.jsonl", tmp_path / "raw.jsonl"
+    wiki.write_text("".join(json.dumps({"text": t}) + "\n" for t in articles[:5]))
+    books.write_text("".join(json.dumps({"body": t}) + "\n" for t in [articles[0], articles[5], articles[6], stub]))
+    raw.write_text("".join(json.dumps({"text": t}) + "\n" for t in [stub + " (generated)", articles[7]]))
+    mixture = (f"data.mixture=[{{name: wiki, inputs: [{wiki}], weight: 0.5}}, "
+               f"{{name: books, inputs: [{books}], weight: 0.3, text_field: body}}, "
+               f"{{name: raw, inputs: [{raw}], weight: 0.2, curate: false}}]")
+    cfg = load_config("configs/tiny.yaml", [*SMALL, f"run_dir={tmp_path / 'run'}", mixture, "curate.enabled=true",
+                                            f"curate.decontaminate.cache_dir={cache}", *NO_EMBEDDINGS,
+                                            "data.holdout_fraction=0.5", "model.context_length=32"])
+    report = curate_stage(cfg)
+    out = tmp_path / "run" / "curate" / "output"
+    kept = {name: [json.loads(line)["text"] for f in sorted((out / name).glob("*.jsonl"))
+                   for line in f.read_text().splitlines()] for name in ("wiki", "books")}
+    assert sorted(kept["wiki"]) == sorted(articles[:5]) and sorted(kept["books"]) == sorted(articles[5:7])
+    assert not (out / "raw").exists() and report["accounting"]["documents_in"] == 9
+    removed = {r["stage"] for r in map(json.loads, (tmp_path / "run" / "curate" / "removals.jsonl").read_text()
+                                       .splitlines())}
+    assert {"exact_dedup", "heuristics"} <= removed  # books' copy of articles[0], and its stub
+
+    stages.tokenizer_stage(cfg)
+    summary = stages.tokenize_stage(cfg)
+    meta = json.loads((tmp_path / "run" / "shards" / "meta.json").read_text())
+    assert list(meta["sources"]) == ["wiki", "books", "raw"]
+    assert all(s["splits"]["train"]["tokens"] + s["splits"]["val"]["tokens"] > 0 for s in meta["sources"].values())
+    assert summary["status"] == "done"
+    assert curate_stage(cfg)["status"] == "skipped (done)"

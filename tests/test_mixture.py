@@ -217,7 +217,6 @@ MIX = "data.mixture=[{name: books, inputs: [x], weight: 0.5}, {name: wiki, input
     ("data.phases=[{until_tokens: 10, weights: {books: 1}}]", "the last phase runs to the end"),
     ("data.phases=[{until_tokens: 10, weights: {books: -1}}, {}]", "data.phases[0].weights.books"),
     ("data.phases=[{until_tokens: 10, weights: {books: 0}}, {}]", "at least one source a positive weight"),
-    ("curate.enabled=true", "curate.enabled with a mixture is not supported"),
 ])
 def test_bad_phases_and_combinations_are_refused(override, named):
     with pytest.raises(ConfigError) as e:

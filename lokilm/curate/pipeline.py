@@ -44,6 +44,7 @@ from lokilm.curate.reader import LokiReader, SizeLimit, read_report, reading_ord
 from lokilm.curate.report import write_report
 from lokilm.data.readers import DataError
 from lokilm.errors import LokiError
+from lokilm.data.inputs import curated_sources
 from lokilm.fileio import fingerprint
 from lokilm.rundir import RunDir
 
@@ -75,13 +76,18 @@ def curate_stage(cfg: Config) -> dict:
     settings; an interrupted run on the same inputs goes on from its unfinished tasks. The summary says "done" only
     once the report is written and its accounting balances, so a killed or failed run is never taken as done."""
     run, c = RunDir(cfg), cfg.curate
-    for path in cfg.data.inputs:
+    sources = curated_sources(cfg)
+    if cfg.data.mixture and not sources:
+        return {"status": "off (no data.mixture source is curated: each has curate: false)"}
+    for path in [p for _, inputs, _ in sources for p in inputs] if sources else cfg.data.inputs:
         if not Path(path).exists():
             raise DataError(f"input path does not exist: {path}")
     _validate(c)
     # keyed by the inputs' content (adding a file re-runs, a moved corpus does not); where, and how many at once,
     # the tasks run does not change the output; the number of tasks names the files
-    wanted = {"data": fingerprint(cfg.data.inputs), "text_field": cfg.data.text_field,
+    data = ({name: {"inputs": fingerprint(inputs), "text_field": field} for name, inputs, field in sources} if sources
+            else fingerprint(cfg.data.inputs))
+    wanted = {"data": data, "text_field": cfg.data.text_field,
               "curate": {**asdict(c), "executor": {"tasks": c.executor.tasks}}}
     done = run.finished("curate", wanted, run.curate_report, run.curated)
     if done:
@@ -142,7 +148,8 @@ def build_phases(cfg: Config, work: Path) -> list[tuple[str, list, int]]:
     """(name, datatrove pipeline, tasks) in order."""
     c, tasks = cfg.curate, cfg.curate.executor.tasks
     removed = str(work / "removals")
-    steps = [LokiReader(cfg.data.inputs, cfg.data.text_field, str(work / "read")), Tally("input"),
+    steps = [LokiReader(cfg.data.inputs, cfg.data.text_field, str(work / "read"), curated_sources(cfg) or None),
+             Tally("input"),
              SizeLimit(c.read.max_doc_bytes, removals_writer(removed, "read", "document_too_large")), Tally("read")]
     if c.normalise.enabled:
         steps += [Normalise(c.normalise.form), Tally("normalise")]
@@ -194,8 +201,9 @@ def build_phases(cfg: Config, work: Path) -> list[tuple[str, list, int]]:
         from lokilm.curate.facts import FactPruner
 
         steps += [FactPruner(), Tally("facts")]
-    steps += [JsonlWriter(str(RunDir(cfg).curated), output_filename="${rank}.jsonl", compression=None,
-                          adapter=curated_record)]
+    # a mixture's documents are written per source (curate/output/<source>/), which its shards are made from
+    name = "${mixture_source}/${rank}.jsonl" if cfg.data.mixture else "${rank}.jsonl"
+    steps += [JsonlWriter(str(RunDir(cfg).curated), output_filename=name, compression=None, adapter=curated_record)]
     phases.append((current, steps, 1 if embedding else tasks))
     return phases
 

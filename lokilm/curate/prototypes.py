@@ -58,7 +58,8 @@ class PrototypePrune(PipelineStep):
         """(keep mask, distance to the prototype, cutoff per group, group of each document)."""
         distance = np.zeros(len(docs))
         if self.per == "source":  # each source clustered on its own: its prototypes are its own kinds of text
-            group = [source_of(d.metadata.get("source") or "", self.inputs) for d in docs]
+            group = [d.metadata.get("mixture_source") or source_of(d.metadata.get("source") or "", self.inputs)
+                     for d in docs]  # a mixture's source is the one it names
             for g in dict.fromkeys(group):
                 idx = np.array([i for i, x in enumerate(group) if x == g])
                 distance[idx] = _distances([docs[i] for i in idx], self.clusters, self.seed)

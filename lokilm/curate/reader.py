@@ -26,14 +26,35 @@ class LokiReader(PipelineStep):
     At the end rank 0 writes its ReadStats (what was skipped or repaired, and why) to `stats_folder`. A
     DataError (e.g. a folder with nothing readable) is written there too instead of raised, so the pipeline can
     stop with the reader's message rather than a worker's traceback.
+
+    `sources` (a data mixture): (name, inputs, text field) of each source, read in turn instead of `inputs`; each
+    document's metadata names its source (`mixture_source`, which the writer's file name uses) and its id starts
+    with the source's name, so two sources' files of the same name stay two documents.
     """
 
     name = "lokilm reader"
     type = "📖 - READER"
 
-    def __init__(self, inputs: list[str], text_field: str, stats_folder: str):
+    def __init__(self, inputs: list[str], text_field: str, stats_folder: str,
+                 sources: list[tuple[str, list[str], str]] | None = None):
         super().__init__()
         self.inputs, self.text_field, self.stats_folder = inputs, text_field, stats_folder
+        self.sources = sources
+
+    def _documents(self, stats: ReadStats):
+        """(document, mixture source name or None) in reading order."""
+        if not self.sources:
+            yield from ((d, None) for d in iter_documents(self.inputs, self.text_field, stats))
+            return
+        for name, inputs, text_field in self.sources:
+            before = stats.documents
+            try:
+                yield from ((d, name) for d in iter_documents(inputs, text_field, stats))
+            except DataError as e:
+                raise DataError(f"data.mixture source {name!r}: {e}") from None
+            if stats.documents == before:
+                raise DataError(f"data.mixture source {name!r} has no documents in {inputs} (text field "
+                                f"{text_field!r})")
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         stats, error = ReadStats(), None
@@ -42,17 +63,21 @@ class LokiReader(PipelineStep):
             if world_size > 1:
                 with self.track_time():
                     start, stop = self._block(rank, world_size, stats)
-            docs = iter_documents(self.inputs, self.text_field, stats if world_size == 1 else ReadStats())
+            docs = self._documents(stats if world_size == 1 else ReadStats())
             for i in itertools.count():
                 if i == stop:
                     break
                 with self.track_time():  # reading and decompressing only, not the stages downstream
-                    doc = next(docs, None)
+                    doc, name = next(docs, (None, None))
                 if doc is None:
                     break
                 if i >= start:
                     self.stat_update("documents")
-                    yield Document(text=doc.text, id=doc.id, metadata={"source": doc.source, "reader_rank": rank})
+                    meta = {"source": doc.source, "reader_rank": rank}
+                    if name is None:
+                        yield Document(text=doc.text, id=doc.id, metadata=meta)
+                    else:
+                        yield Document(text=doc.text, id=f"{name}:{doc.id}", metadata={**meta, "mixture_source": name})
         except DataError as e:
             error = str(e)
         if rank == 0:  # rank 0 has read every file (in its only pass, or its first), so its account is whole
@@ -62,7 +87,7 @@ class LokiReader(PipelineStep):
 
     def _block(self, rank: int, world_size: int, stats: ReadStats) -> tuple[int, int]:
         """[start, stop) of this rank's documents: each goes to the block its middle byte falls in."""
-        sizes = np.array([len(d.text.encode()) for d in iter_documents(self.inputs, self.text_field, stats)], np.int64)
+        sizes = np.array([len(d.text.encode()) for d, _ in self._documents(stats)], np.int64)
         middle = np.cumsum(sizes) - sizes / 2
         owner = np.minimum((middle * world_size / max(int(sizes.sum()), 1)).astype(np.int64), world_size - 1)
         return int(np.searchsorted(owner, rank)), int(np.searchsorted(owner, rank + 1))

@@ -20,14 +20,34 @@ def documents_in(cfg: Config) -> tuple[list[str], str]:
     return cfg.data.inputs, cfg.data.text_field
 
 
+def curated_sources(cfg: Config) -> list[tuple[str, list[str], str]]:
+    """(name, inputs, text field) of each data.mixture source the curation reads: with curate.enabled, every
+    source but those marked `curate: false`; all of them go through one pipeline together."""
+    if not cfg.curate.enabled:
+        return []
+    return [(s.name, s.inputs, s.text_field or cfg.data.text_field) for s in cfg.data.mixture if s.curate]
+
+
+def uses_curation(cfg: Config) -> bool:
+    """Whether the tokenizer and tokenize stages read curated documents (all, or some mixture sources')."""
+    return cfg.curate.enabled and (not cfg.data.mixture or bool(curated_sources(cfg)))
+
+
 def sources_in(cfg: Config) -> dict[str, tuple[list[str], str]]:
-    """Each data.mixture source's (inputs, text field), in the mixture's order."""
-    return {s.name: (s.inputs, s.text_field or cfg.data.text_field) for s in cfg.data.mixture}
+    """Each data.mixture source's (inputs, text field), in the mixture's order: its curated documents when it
+    is curated (RunDir.curated_source), else its own inputs."""
+    run, curated = RunDir(cfg), {name for name, _, _ in curated_sources(cfg)}
+    return {s.name: ([str(run.curated_source(s.name))], "text") if s.name in curated
+            else (s.inputs, s.text_field or cfg.data.text_field) for s in cfg.data.mixture}
 
 
 def source_documents(cfg: Config, name: str, stats: ReadStats) -> Iterator[Document]:
     """The documents of one mixture source; unreadable or empty inputs are an error naming the source."""
     inputs, text_field = sources_in(cfg)[name]
+    if any(n == name for n, _, _ in curated_sources(cfg)) and not RunDir(cfg).curated_source(name).is_dir():
+        raise DataError(f"data.mixture source {name!r}: curation kept none of its documents (see "
+                        f"{RunDir(cfg).curate_report_md}); loosen the stage that removed them, or give the source "
+                        "`curate: false`")
     before = stats.documents
     try:
         yield from iter_documents(inputs, text_field, stats=stats)
@@ -52,7 +72,7 @@ def inputs_key(cfg: Config) -> dict:
     """The inputs by content (file sizes and sha256, names relative to each input): adding, removing or editing a
     file changes it; moving or copying the run directory does not."""
     run = RunDir(cfg)
-    if cfg.curate.enabled and not (run.curate_report.is_file() and run.curated.is_dir()):
+    if uses_curation(cfg) and not (run.curate_report.is_file() and run.curated.is_dir()):
         raise DataError(f"curate.enabled is true but {run.curate} holds no finished curation: run `loki curate` first")
     if cfg.data.mixture:
         return {"mixture": {name: {"inputs": fingerprint(inputs), "text_field": field}
