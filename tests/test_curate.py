@@ -402,6 +402,10 @@ def test_a_mixture_is_curated_together_and_written_per_source(tmp_path, cache, a
     removed = {r["stage"] for r in map(json.loads, (tmp_path / "run" / "curate" / "removals.jsonl").read_text()
                                        .splitlines())}
     assert {"exact_dedup", "heuristics"} <= removed  # books' copy of articles[0], and its stub
+    by = report["by_source"]
+    assert by["wiki"]["kept"] == 5 and by["books"]["kept"] == 2 and "raw" not in by
+    assert by["books"]["removed"] == {"heuristics": 1, "exact_dedup": 1} and by["wiki"]["removed"] == {}
+    assert "| books | 2 |" in (tmp_path / "run" / "curate" / "report.md").read_text()
 
     stages.tokenizer_stage(cfg)
     summary = stages.tokenize_stage(cfg)

@@ -103,6 +103,8 @@ def write_report(run, cfg, timings: dict, seconds_total: float) -> dict:
         from lokilm.curate.decontaminate import read_hits
 
         summary["decontaminate"] = {"by_benchmark": read_hits(work / "decontaminate")}
+    if cfg.data.mixture:
+        summary["by_source"] = _by_source(run, removals)
     if not accounting["balanced"]:
         write_json(work / "unbalanced.json", summary)
         raise LokiError(f"curation accounting does not balance ({'; '.join(problems) or accounting}); the figures are "
@@ -112,6 +114,24 @@ def write_report(run, cfg, timings: dict, seconds_total: float) -> dict:
     if kept:  # last: report.json marks a finished curation with something in it, which `loki tokenize` reads
         write_json(run.curate_report, summary)
     return summary
+
+
+def _by_source(run, removals: dict) -> dict:
+    """A mixture's curation per source: documents kept (and their bytes on disk) and removed, by stage. A curated
+    document's id starts with its source's name (lokilm.curate.reader)."""
+    out: dict[str, dict] = {}
+    for stage, removed in removals.items():
+        for r in removed:
+            entry = out.setdefault(r["id"].split(":", 1)[0], {"kept": 0, "kept_bytes": 0, "removed": {}})
+            entry["removed"][stage] = entry["removed"].get(stage, 0) + 1
+    if run.curated.is_dir():
+        for folder in sorted(p for p in run.curated.iterdir() if p.is_dir()):
+            entry = out.setdefault(folder.name, {"kept": 0, "kept_bytes": 0, "removed": {}})
+            for f in folder.glob("*.jsonl"):
+                with open(f, "rb") as fh:
+                    entry["kept"] += sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+                entry["kept_bytes"] += f.stat().st_size
+    return out
 
 
 def _mb(n: int) -> str:
@@ -135,7 +155,12 @@ def _markdown(s: dict) -> str:
             reasons += " (edited: " + ", ".join(f"{k} {v:,}" for k, v in st["edited"].items()) + ")"
         lines.append(f"| {st['stage']} | {st['documents_in']:,} | {st['documents_out']:,} | {_mb(st['bytes_in'])} | "
                      f"{_mb(st['bytes_out'])} | {st['seconds']:.1f} | {st['mb_per_s'] or '-'} | {reasons} |")
-    lines += _decontamination_markdown(s.get("decontaminate"))
+    if s.get("by_source"):
+        lines += ["", "## By mixture source", "", "| source | kept | MB on disk | removed (by stage) |", "|---|---:|---:|---|"]
+        for name, e in s["by_source"].items():
+            removed = ", ".join(f"{k}: {v:,}" for k, v in e["removed"].items()) or "-"
+            lines.append(f"| {name} | {e['kept']:,} | {_mb(e['kept_bytes'])} | {removed} |")
+        lines += _decontamination_markdown(s.get("decontaminate"))
     lines += ["", f"Writing the output took {s['write_seconds']:.1f} s. Stage times are the time spent in the stage's own "
               "steps (dedup: including its signature, index and intermediate files), summed over a phase's parallel "
               "tasks; wall time per phase: " + ", ".join(f"{k} {v:.1f} s" for k, v in s["phase_seconds"].items()) + ".",
