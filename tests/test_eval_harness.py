@@ -108,3 +108,77 @@ def test_generate_until_is_greedy_kv_cache_generation_cut_at_the_stop_string(lm_
     settings = GenerateConfig(max_new_tokens=20, temperature=0.0, top_k=None)
     full = decode(tok, generate_ids(model, ids, settings, tok.get_vocab_size(), stop_id=eot_id(tok)))
     assert out == full.split("\n\n")[0]
+
+
+def _reference_score(model, pairs):
+    """What LokiLM.score computes, written out: one plain forward per pair over its whole (left-cut) sequence."""
+    out = []
+    for context, continuation in pairs:
+        tokens = (context + continuation)[-(model.cfg.context_length + 1):]
+        n = min(len(continuation), len(tokens) - 1)
+        with torch.no_grad():
+            logp = F.log_softmax(model(torch.tensor([tokens[:-1]]))[0].float(), dim=-1)[-n:]
+        target = torch.tensor(tokens[-n:])
+        out.append((float(logp.gather(1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all())))
+    return out
+
+
+def _greedy(model, context, n):
+    ids = list(context)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    return ids[len(context):]
+
+
+@pytest.mark.parametrize("model_options", [["model.position=alibi"], ["model.position=rope"],
+                                           ["model.position=learned", "model.tie_embeddings=false"],
+                                           ["model.position=sincos"], ["model.early_exit=true"],
+                                           ["model.share=block", "model.share_lora_rank=4"]])
+@pytest.mark.parametrize("batch_size, max_tokens", [(32, None), (3, 40)])
+def test_score_equals_one_plain_forward_per_pair(small_tokenizer, model_options, batch_size, max_tokens):
+    torch.manual_seed(0)
+    cfg = load_config("configs/tiny.yaml", ["model.vocab_size=512", "model.n_layer=2", "model.d_model=64",
+                                            "model.n_head=4", "model.n_kv_head=2", "model.d_ff=128",
+                                            "model.context_length=64", *model_options])
+    model = Transformer(cfg.model)
+    model.init_weights()
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+
+    def ids(n):
+        return torch.randint(1, 512, (n,), generator=g).tolist()
+
+    pairs = []
+    for n_context in (1, 5, 17, 40, 63, 90):  # the last ones are cut on the left, by how much depends on the choice
+        context = ids(n_context)
+        pairs += [(context, ids(k)) for k in (1, 1, 4, 9, 2)]  # one item's choices: one-token and longer
+        pairs.append((context, _greedy(model, context[-59:], 6)))  # what greedy decoding gives (after the cut)
+    pairs += [(ids(3), ids(70)), ([0], ids(64)), (ids(64), ids(1)), (ids(20), ids(2))]  # longer than the context
+    lm = LokiLM(model, small_tokenizer, batch_size=batch_size, max_tokens=max_tokens)
+    got, want = lm.score(pairs), _reference_score(model, pairs)
+    assert sum(w[1] for w in want) >= 6  # the greedy flags are really tested both ways
+    for (ll, greedy), (want_ll, want_greedy) in zip(got, want):
+        assert ll == pytest.approx(want_ll, abs=1e-4)
+        assert greedy == want_greedy
+
+
+def test_choices_read_their_shared_context_once_and_the_head_sees_only_scored_positions(lm_parts):
+    model, tok = lm_parts
+    seen = {"body": 0, "head": 0}
+
+    def counter(key, positions):
+        return lambda module, args, out: seen.__setitem__(key, seen[key] + positions(args[0]))
+
+    hooks = [model.tok_embeddings.register_forward_hook(counter("body", lambda ids: ids.numel())),
+             model.head.register_forward_hook(counter("head", lambda h: h.shape[:-1].numel()))]
+    context = list(range(1, 41))
+    choices = [[50], [60, 61, 62], [70, 71, 72, 73, 74], [80, 81]]
+    try:
+        LokiLM(model, tok).score([(context, c) for c in choices])
+    finally:
+        for h in hooks:
+            h.remove()
+    # the context once, then the three longer choices' tokens but the last, right-padded to the longest (4)
+    assert seen["body"] == 40 + 3 * 4
+    assert seen["head"] == 1 + 3 * 4

@@ -16,18 +16,25 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tokenizers import Tokenizer
 
 from lokilm.config import GenerateConfig
-from lokilm.generate import generate_batch
+from lokilm.generate import generate_batch, padded_forward
 from lokilm.model import Transformer
 from lokilm.tokenizer import decode, encode, eot_id
 
 
+# Positions per scoring forward on CPU: past about this many a batch's activations outgrow the caches and each
+# position costs more (the quick preset ran 1.25x faster than at 32 rows of up to 512; docs/LOG.md).
+MAX_TOKENS_CPU = 2048
+
+
 @register_model("lokilm")
 class LokiLM(TemplateLM):
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, batch_size: int = 32, progress=None):
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, batch_size: int = 32, progress=None,
+                 max_tokens: int | None = None):
         super().__init__()
         self.model, self.tok, self.batch_size = model.eval(), tokenizer, batch_size
         self.max_length = model.cfg.context_length
         self._device = next(model.parameters()).device
+        self.max_tokens = max_tokens or (MAX_TOKENS_CPU if self._device.type == "cpu" else batch_size * self.max_length)
         if self._device.type == "cuda" and model.cfg.attention in ("auto", "flex"):
             # nearly every batch has a new length, and compiled FlexAttention recompiles for each one:
             # score with PyTorch SDPA (the same attention, ALiBi as an additive bias) instead
@@ -51,37 +58,73 @@ class LokiLM(TemplateLM):
     def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """(sum of log p(continuation | context), whether greedy decoding gives the continuation) per pair.
 
-        The context is cut from the left to fit the model. The model reads tokens[:-1] and predicts
-        tokens[1:], so the last len(continuation) predictions are exactly the continuation's tokens. Pairs
-        with the same input (the one-token answers " A".." D" of MMLU) share one forward pass. Inputs run
-        longest first, in batches padded on the right only to the batch's longest row: with causal
-        attention the padding never affects the scored positions, and similar lengths keep it small.
+        The context is cut from the left to fit the model (a continuation longer than the model's context keeps
+        its end). Pairs with the same context (the choices of one item) read it once: one forward over the
+        context fills a KV cache, and its last position predicts every choice's first token, so the one-token
+        answers " A".." D" of MMLU share one forward pass outright; each longer choice then runs its other
+        tokens over a copy of that cache. Contexts run longest first, in batches padded on the right only to
+        the batch's longest, and choices likewise: with causal attention the padding never affects the scored
+        positions, and similar lengths keep it small. A forward holds at most batch_size rows and about
+        max_tokens positions. The head and log_softmax run on the positions that predict a continuation token
+        only (and the choices' padding).
         """
-        inputs: dict[tuple[int, ...], list[int]] = {}  # model input -> the pairs that read it
+        dev = self._device
+        groups: dict[tuple[int, ...], list[int]] = {}  # context as the model reads it -> the pairs continuing it
+        scored: list[list[int]] = []  # each pair's continuation tokens that fit
         for i, (context, continuation) in enumerate(pairs):
             tokens = (context + continuation)[-(self.max_length + 1):]
-            inputs.setdefault(tuple(tokens[:-1]), []).append(i)
-        order = sorted(inputs, key=len, reverse=True)
+            n = min(len(continuation), len(tokens) - 1)
+            groups.setdefault(tuple(tokens[:len(tokens) - n]), []).append(i)
+            scored.append(tokens[len(tokens) - n:])
+        order = sorted(groups, key=len, reverse=True)
         results: list[tuple[float, bool] | None] = [None] * len(pairs)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
+        done = 0
+        while done < len(order):
+            rows = order[done:done + self._take(len(order[done]), len(order) - done)]
             width = len(rows[0])
-            x = torch.tensor([list(r) + [0] * (width - len(r)) for r in rows], device=self._device)
-            # only the positions that predict a continuation token go through the head: each row's last n
-            n = [min(len(row), max(len(pairs[i][1]) for i in inputs[row])) for row in rows]
-            at = torch.tensor([b * width + p for b, (row, k) in enumerate(zip(rows, n))
-                               for p in range(len(row) - k, len(row))], device=self._device)
+            x = torch.tensor([list(r) + [0] * (width - len(r)) for r in rows], device=dev)
+            last = torch.tensor([b * width + len(r) - 1 for b, r in enumerate(rows)], device=dev)
+            cache = self.model.new_cache(len(rows), width, dev)
             with self._autocast():
-                h = self.model.hidden(x)[0].flatten(0, 1)[at]
-                logits = self.model.head(h)
-            logprobs = F.log_softmax(logits.float()[:, :self.vocab_size], dim=-1).split(n)
-            for row, lp_row in zip(rows, logprobs):
-                for i in inputs[row]:
-                    target = torch.tensor(pairs[i][1][-len(lp_row):], device=self._device)
-                    lp = lp_row[len(lp_row) - len(target):]  # the positions predicting this continuation
-                    results[i] = (float(lp.gather(1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
-            self.progress(min(start + self.batch_size, len(order)), len(order), "scored")
+                h = self.model.hidden(x, cache)[0].flatten(0, 1)[last]
+                first = self._logprobs(self.model.head(h))  # every continuation's first token
+            pad = torch.tensor([width - len(r) for r in rows], device=dev)
+            members = [(i, b) for b, row in enumerate(rows) for i in groups[row]]
+            for i, b in members:  # one-token continuations: their context's last position alone
+                if len(scored[i]) == 1:
+                    self._record(results, i, scored[i], first[b:b + 1])
+            longer = sorted((m for m in members if len(scored[m[0]]) > 1), key=lambda m: -len(scored[m[0]]))
+            while longer:
+                rest = len(scored[longer[0][0]]) - 1
+                n = self._take(rest, len(longer))
+                chunk, longer = longer[:n], longer[n:]
+                owner = torch.tensor([b for _, b in chunk], device=dev)
+                # each choice's copy of its context's keys and values, moved to the end, where its own tokens follow:
+                # the left-padded layout padded_forward reads (per-row positions, padded slots masked)
+                part = self.model.new_cache(len(chunk), width + rest, dev)
+                slots = (torch.arange(width, device=dev) - pad[owner, None]) % width
+                for mine, theirs in ((part.k, cache.k), (part.v, cache.v)):
+                    mine[:, :, :, :width] = theirs[:, owner[:, None], :, slots].permute(2, 0, 3, 1, 4)
+                part.length = width
+                y = torch.tensor([scored[i][:-1] + [0] * (rest + 1 - len(scored[i])) for i, _ in chunk], device=dev)
+                with self._autocast():
+                    later = self._logprobs(padded_forward(self.model, y, pad[owner], part))
+                for (i, b), lp in zip(chunk, later):
+                    self._record(results, i, scored[i], torch.cat([first[b:b + 1], lp[:len(scored[i]) - 1]]))
+            done += len(rows)
+            self.progress(done, len(order), "scored")
         return results
+
+    def _take(self, longest: int, available: int) -> int:
+        """How many rows (longest first) one forward takes: up to batch_size and about max_tokens positions."""
+        return max(1, min(self.batch_size, available, self.max_tokens // max(1, longest)))
+
+    def _logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(logits.float()[..., :self.vocab_size], dim=-1)
+
+    def _record(self, results: list, i: int, continuation: list[int], lp: torch.Tensor) -> None:
+        target = torch.tensor(continuation, device=self._device)
+        results[i] = (float(lp.gather(1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         # lokilm documents start after an EOT token, as in training; lm-eval already puts one alone in
