@@ -8,7 +8,8 @@ Without --run, builds the config's model with random weights and a byte-level BP
 size learnt on bundled Shakespeare (equal vocabularies, so both softmaxes run over the same tokens); with
 --run, uses that run's newest checkpoint. Both sides go through lokilm.eval.suite.run_preset (lm-eval's
 simple_evaluate with lokilm's task YAMLs): only the model backend differs. Prints one JSON line with both
-wall times, the speed-up, the largest per-item log-likelihood difference and how many items' metrics differ.
+wall times and CPU times (this process's, all threads: less moved by other jobs on a shared machine), the
+speed-ups, the largest per-item log-likelihood difference and how many items' metrics differ.
 """
 
 from __future__ import annotations
@@ -77,12 +78,13 @@ def main() -> None:
             return run_preset(hf, args.preset, only, limit=args.limit)[1]
 
         # the sides alternate which goes first (a first run pays one-time set-up); the best time of each is kept
-        best, results = {"ours": float("inf"), "theirs": float("inf")}, {}
+        best, cpu, results = {"ours": float("inf"), "theirs": float("inf")}, {}, {}
         for r in range(args.repeats):
             for side in (("ours", "theirs") if r % 2 == 0 else ("theirs", "ours")):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 results[side] = run_ours() if side == "ours" else run_theirs()
                 best[side] = min(best[side], time.perf_counter() - t0)
+                cpu[side] = min(cpu.get(side, float("inf")), time.process_time() - c0)
         ours, theirs, t_ours, t_theirs = results["ours"], results["theirs"], best["ours"], best["theirs"]
 
     diffs = [abs(x - y) for a, b in zip(ours, theirs) for x, y in zip(a.get("loglikelihoods", []), b.get("loglikelihoods", []))]
@@ -90,7 +92,9 @@ def main() -> None:
         "model": f"{cfg.model.n_layer}x{cfg.model.d_model}, vocab {cfg.model.vocab_size}, {cfg.model.position}",
         "preset": args.preset, "tasks": only or "all", "limit": args.limit, "items": len(ours),
         "threads": args.threads, "repeats": args.repeats, "loki_eval_s": round(t_ours, 1), "lm_eval_hf_s": round(t_theirs, 1),
-        "speedup": round(t_theirs / t_ours, 2), "max_loglikelihood_diff": max(diffs, default=0.0),
+        "speedup": round(t_theirs / t_ours, 2), "loki_eval_cpu_s": round(cpu["ours"], 1),
+        "lm_eval_hf_cpu_s": round(cpu["theirs"], 1), "cpu_speedup": round(cpu["theirs"] / cpu["ours"], 2),
+        "max_loglikelihood_diff": max(diffs, default=0.0),
         "items_with_different_metrics": sum(a["metrics"] != b["metrics"] for a, b in zip(ours, theirs)),
         "same_items": [(a["task"], a["doc_id"]) for a in ours] == [(b["task"], b["doc_id"]) for b in theirs],
     }), flush=True)
