@@ -160,7 +160,7 @@ def _markdown(s: dict) -> str:
         for name, e in s["by_source"].items():
             removed = ", ".join(f"{k}: {v:,}" for k, v in e["removed"].items()) or "-"
             lines.append(f"| {name} | {e['kept']:,} | {_mb(e['kept_bytes'])} | {removed} |")
-        lines += _decontamination_markdown(s.get("decontaminate"))
+    lines += _decontamination_markdown(s.get("decontaminate"))
     lines += ["", f"Writing the output took {s['write_seconds']:.1f} s. Stage times are the time spent in the stage's own "
               "steps (dedup: including its signature, index and intermediate files), summed over a phase's parallel "
               "tasks; wall time per phase: " + ", ".join(f"{k} {v:.1f} s" for k, v in s["phase_seconds"].items()) + ".",
