@@ -51,10 +51,13 @@ import datetime
 import gc
 import json
 import lzma
+import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import traceback
 import zlib
@@ -69,13 +72,12 @@ import torch  # noqa: E402
 from lokilm.config import load_config  # noqa: E402
 from lokilm.errors import LokiError  # noqa: E402
 from lokilm.fileio import write_json  # noqa: E402
-from lokilm.model import Transformer  # noqa: E402
 from lokilm.model.attention import alibi_slopes, apply_rope, make_attention, rope_cos_sin  # noqa: E402
 from lokilm.parallel.dist import Distributed, init_distributed, resolve_device  # noqa: E402
 from lokilm.parallel.fsdp import clip_grad_norm, parallelize  # noqa: E402
 from lokilm.parallel.precision import autocast_for  # noqa: E402
 from lokilm.train.optimizer import build_optimizer  # noqa: E402
-from scale_sweep import measure  # noqa: E402  (the one timed training step of the benchmarks)
+from scale_sweep import build_model, measure  # noqa: E402  (the benchmarks' model builder and timed step)
 
 REQUIRED = ("gpu", "preset", "precision", "activation_checkpointing", "micro_batch", "tokens_per_s_per_gpu", "mfu",
             "peak_mem_gb")
@@ -91,6 +93,8 @@ ERROR_FLOOR = {torch.float32: 1e-3, torch.bfloat16: 1e-2}
 MODEL_TOL = {"loss": 1e-4, "grad": 2e-3}  # fp32, same weights, other attention kernel (TF32 in flex's dots at most)
 TRAIN_TOL = 2e-2   # largest relative gap between compiled and eager losses over the 20 steps, in bf16
 FP8_TOL = 2e-2     # relative loss gap of one FP8 / int8 forward against bf16 on the same weights
+ROW_LIMIT_S = 240.0  # one row running longer is taken for a hang (a 1.4B trial compiles in well under this)
+PATH_ENV = "GPU_CHECK_PATH_FILE"  # where a worker writes its output path for the supervisor
 
 
 class Interrupted(BaseException):
@@ -131,46 +135,123 @@ DRY_RUN = Plan(attention_shape=(1, 4, 64, 16), gqa_kv_heads=2, small=TINY + ("mo
 
 # ---------------------------------------------------------------- the report: one JSON, rewritten per row
 
+class ContextLost(BaseException):
+    """A row left the CUDA context unusable (an illegal memory access, a device-side assert: every later CUDA call
+    fails too): this process stops, and the supervisor runs the groups after this one in a new process."""
+
+
+EXIT_CONTEXT_LOST, EXIT_HUNG = 3, 4  # the worker's exit codes that make the supervisor start another worker
+FAULT_ENV = "GPU_CHECK_FAULT"  # tests only: "GROUP:crash|hang|context" makes the first row of GROUP fail that way
+
+
 class Report:
-    def __init__(self, path: Path, meta: dict, budget_s: float, clock: Callable[[], float] = time.monotonic):
-        self.path, self.meta, self.budget_s, self.clock = path, meta, budget_s, clock
+    def __init__(self, path: Path, meta: dict, budget_s: float, clock: Callable[[], float] = time.monotonic,
+                 alive: Callable[[], bool] = lambda: True):
+        self.path, self.meta, self.budget_s, self.clock, self.alive = path, meta, budget_s, clock, alive
         self.start = clock()
         self.rows: list[dict] = []
         self.finished = False
+        self.running: dict | None = None  # the row under way, in the file too: a crash or hang leaves its name
+        self.lock = threading.RLock()  # the watchdog thread writes too
 
     def elapsed(self) -> float:
         return self.clock() - self.start
 
     def write(self) -> None:
-        write_json(self.path, {"meta": {**self.meta, "elapsed_s": round(self.elapsed(), 1)}, "finished": self.finished,
-                               "rows": self.rows})
+        with self.lock:
+            write_json(self.path, {"meta": {**self.meta, "elapsed_s": round(self.elapsed(), 1)},
+                                   "finished": self.finished, "running": self.running, "rows": self.rows})
 
     def run(self, group: str, name: str, fn: Callable[[], dict], always: bool = False, **fields) -> dict:
         """Run one row: fn() returns its figures; any exception becomes the row's "error". Once the budget is
-        spent a row is recorded as skipped, unless it is `always` (arithmetic on what was measured)."""
+        spent a row is recorded as skipped, unless it is `always` (arithmetic on what was measured). After a
+        failed row the CUDA context is checked: if it broke, ContextLost (the row is written first)."""
         row = {"group": group, "name": name, **{k: None for k in REQUIRED}, "gpu": self.meta["gpu"], **fields}
         if self.elapsed() > self.budget_s and not always:
             row["skipped"] = f"time budget of {self.budget_s:.0f} s spent ({self.elapsed():.0f} s elapsed)"
-        else:
-            start = self.clock()
-            try:
-                row.update(fn())
-            except Interrupted:
-                row["error"] = "interrupted (SIGTERM) while running"
-                self._add(row)
-                raise
-            except Exception as e:  # noqa: BLE001 -- the point: one failure must not stop the other rows
-                row["error"] = describe(e)
-                row["traceback_tail"] = "".join(traceback.format_exception(e)[-3:])[-1200:]
-            row["seconds"] = round(self.clock() - start, 1)
+            self._add(row)
+            return row
+        start = self.clock()
+        with self.lock:
+            self.running = {**row, "started_s": round(self.elapsed(), 1)}
+            self.write()
+        fault = inject_fault(group)
+        try:
+            if fault == "context":
+                raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+            row.update(fn())
+        except Interrupted:
+            row["error"] = "interrupted (SIGTERM) while running"
+            self._add(row)
+            raise
+        except Exception as e:  # noqa: BLE001 -- the point: one failure must not stop the other rows
+            row["error"] = describe(e)
+            row["traceback_tail"] = "".join(traceback.format_exception(e)[-3:])[-1200:]
+        # leaving the except clause dropped the exception, and with its traceback the row's frames (its model,
+        # optimiser, activations): free() can now collect them and give their memory back before the next row
+        row["seconds"] = round(self.clock() - start, 1)
+        if "error" in row and (fault == "context" or not self.alive()):
+            row["error"] += " -- the CUDA context is broken: the later groups run in a new process"
+            self._add(row)
+            raise ContextLost(row["error"])
+        try:
             free()
+        except Exception as e:  # noqa: BLE001 -- a context that broke without an error of its own
+            row.setdefault("error", describe(e))
+            self._add(row)
+            raise ContextLost(f"freeing memory after the row failed: {describe(e)}") from None
         self._add(row)
         return row
 
     def _add(self, row: dict) -> None:
-        self.rows.append(row)
-        self.write()
+        with self.lock:
+            self.running = None
+            self.rows.append(row)
+            self.write()
         print(one_line(row), flush=True)
+
+    def watch(self, limit_s: float, poll_s: float = 1.0) -> threading.Thread:
+        """A daemon thread that stops the process when one row runs longer than limit_s (an NCCL or compile
+        hang that no exception ends): the row is recorded as hung and the supervisor carries on after it."""
+        def loop() -> None:
+            while True:
+                time.sleep(poll_s)
+                with self.lock:
+                    r = self.running
+                    if r is not None and self.elapsed() - r["started_s"] > limit_s:
+                        row = {k: v for k, v in r.items() if k != "started_s"}
+                        row.update(error=f"hung: no result after {limit_s:.0f} s; the process was stopped and the "
+                                         f"later groups run in a new one", seconds=round(limit_s, 1))
+                        self._add(row)
+                        os._exit(EXIT_HUNG)
+
+        thread = threading.Thread(target=loop, name="gpu_check watchdog", daemon=True)
+        thread.start()
+        return thread
+
+
+def inject_fault(group: str) -> str | None:
+    """The test hook of FAULT_ENV: fail the first row of a group as a real fault would (a test of the supervisor)."""
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec.startswith(group + ":"):
+        return None
+    os.environ.pop(FAULT_ENV)  # once: a restarted worker inherits the environment
+    kind = spec.split(":", 1)[1]
+    if kind == "crash":
+        sys.stdout.flush()
+        os.abort()
+    if kind == "hang":
+        time.sleep(3600)
+    return kind  # "context": the row raises a CUDA error and the context counts as broken
+
+
+def cuda_alive(device: torch.device) -> bool:
+    """Whether the CUDA context still runs work (after a sticky error every call fails)."""
+    try:
+        torch.cuda.synchronize(device)
+        return torch.ones(1, device=device).add_(1).item() == 2.0
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def describe(e: BaseException) -> str:
@@ -343,9 +424,8 @@ def model_check(device: torch.device, overrides: tuple, micro_batch: int, compil
     cfg = load_config(PRESET, list(overrides))
     m = cfg.model
     torch.manual_seed(0)
-    fast = Transformer(dataclasses.replace(m, attention="auto")).to(device)
-    fast.init_weights()
-    ref = Transformer(dataclasses.replace(m, attention="reference")).to(device)
+    fast = build_model(dataclasses.replace(m, attention="auto"), device)
+    ref = build_model(dataclasses.replace(m, attention="reference"), device)
     ref.load_state_dict(fast.state_dict())
     parallelize(fast, dataclasses.replace(cfg.train, compile=compiled, precision="fp32"), single(device))
     x = torch.randint(0, m.vocab_size, (micro_batch, m.context_length + 1), device=device)
@@ -367,8 +447,7 @@ def model_check(device: torch.device, overrides: tuple, micro_batch: int, compil
 
 def train_losses(cfg, device: torch.device, batches: list[torch.Tensor], compiled: bool) -> list[float]:
     torch.manual_seed(cfg.train.seed)
-    model = Transformer(cfg.model).to(device)
-    model.init_weights()
+    model = build_model(cfg.model, device)
     parallelize(model, dataclasses.replace(cfg.train, compile=compiled), single(device))
     optimizer = build_optimizer(model, cfg.train)
     autocast = autocast_for(device, cfg.train.precision)
@@ -403,8 +482,7 @@ def small_pair(device: torch.device, overrides: tuple):
     """Two copies of a small model with the 1.4B's blocks (same weights) and its config."""
     cfg = load_config(PRESET, list(overrides) + ["train.device=" + device.type, "train.compile=false", "train.lr=1e-3"])
     torch.manual_seed(0)
-    a = Transformer(cfg.model).to(device)
-    a.init_weights()
+    a = build_model(cfg.model, device)
     return a, copy.deepcopy(a), cfg
 
 
@@ -431,7 +509,9 @@ def precision_check(device: torch.device, overrides: tuple, micro_batch: int, pr
     with torch.no_grad(), autocast():
         after = model(x[:, :-1], x[:, 1:]).item()
     gap = abs(loss - loss_ref) / abs(loss_ref)
-    return {"ok": bool(finite) and gap <= FP8_TOL and after < loss and bool(applied), "loss": loss,
+    converted = layers_8bit(applied)  # a filter that converts nothing would compare bf16 with bf16
+    return {"ok": bool(finite) and gap <= FP8_TOL and after < loss and bool(converted), "loss": loss,
+            "layers_8bit": converted,
             "loss_bf16": loss_ref,
             "max_rel_err": float(f"{gap:.3g}"), "tolerance": FP8_TOL, "loss_after_step": after, "applied": applied,
             "precision": precision, "micro_batch": micro_batch}
@@ -493,6 +573,19 @@ def fsdp_check(device: torch.device, overrides: tuple, micro_batch: int) -> dict
         dist.close()
 
 
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def layers_8bit(applied: list[str]) -> int | None:
+    """Linear layers swapped to 8-bit ones, read from parallelize's note ("... in 96 of 97 linear layers ...")."""
+    found = next((re.search(r" in (\d+) of \d+ linear layers", a) for a in applied if "linear layers" in a), None)
+    return int(found.group(1)) if found else None
+
+
 def single(device: torch.device) -> Distributed:
     return Distributed(0, 0, 1, device, fsdp=False)
 
@@ -505,11 +598,15 @@ def throughput(device: torch.device, preset: str, overrides: tuple, precision: s
         cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab or cfg.model.vocab_size),
         train=dataclasses.replace(cfg.train, precision=precision, activation_checkpointing=ac,
                                   micro_batch_size=micro_batch))
+    graphs = compiled_graphs()
     r = measure(cfg, single(device), plan.steps, plan.warmup)
     return {"tokens_per_s_per_gpu": r["tokens_per_s_per_gpu"], "mfu": r["mfu"],
+            # per-block compile makes one graph for all the blocks; more means recompiles, which the timed steps
+            # may include (a throughput figure to distrust)
+            "graphs_compiled": compiled_graphs() - graphs,
             "peak_mem_gb": round(r["peak_memory_gib"] * 2**30 / 1e9, 2), "step_s": r["step_s"],
             "parameters": r["parameters"], "state_gb": round(16 * r["parameters"] / 1e9, 2),  # fp32 w, grad, 2 moments
-            "applied": r["applied"], "compile": cfg.train.compile,
+            "applied": r["applied"], "layers_8bit": layers_8bit(r["applied"]), "compile": cfg.train.compile,
             "model": {k: getattr(cfg.model, k) for k in ("n_layer", "n_head", "n_kv_head", "d_model", "d_ff",
                                                           "context_length", "vocab_size", "position", "tie_embeddings")}}
 
@@ -654,6 +751,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gpus", type=int, default=8, help="GPUs of the full run")
     p.add_argument("--previous", help="an earlier run's JSON: its rows are kept in front of this run's (a rerun of "
                                       "some groups then writes one file with everything; the GPU-hours use both)")
+    p.add_argument("--row-limit-s", type=float, help=f"a row running longer is taken for a hang: the worker stops "
+                                                     f"and the next group runs in a new one (default {ROW_LIMIT_S:.0f}, "
+                                                     f"4x that with --dry-run)")
+    p.add_argument("--no-restart", action="store_true", help="run in this process: no worker, no restart after a "
+                                                              "crash, hang or broken CUDA context")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a supervisor's worker
     args = p.parse_args(argv)
     if args.budget_s < 0 or args.gpus < 1 or args.run_tokens <= 0:
         p.error("--budget-s must be >= 0, --gpus >= 1 and --run-tokens > 0")
@@ -661,12 +764,98 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The supervisor: the check runs in a worker process; when a worker dies (a crash, a hang, a broken CUDA
+    context) the groups after the one it was in run in a new worker, with the same file and what is left of the
+    budget. --no-restart runs the check in this process instead (tests, debugging)."""
     args = parse_args(argv)
+    if args.worker or args.no_restart:
+        return work(args, supervised=args.worker)
+    return supervise(args)
+
+
+def worker_argv(args: argparse.Namespace, **changed) -> list[str]:
+    """The command line of a worker: args with `changed` (out, previous, only, skip, budget_s) put in."""
+    a = {**vars(args), **changed}
+    out = ["--out", str(a["out"]), "--budget-s", repr(float(a["budget_s"])), "--device", a["device"],
+           "--run-tokens", repr(a["run_tokens"]), "--gpus", str(a["gpus"]), "--worker"]
+    if a["row_limit_s"] is not None:
+        out += ["--row-limit-s", repr(float(a["row_limit_s"]))]
+    out += ["--dry-run"] * a["dry_run"] + (["--previous", str(a["previous"])] if a["previous"] else [])
+    out += (["--only", *a["only"]] if a["only"] else []) + (["--skip", *a["skip"]] if a["skip"] else [])
+    return out
+
+
+def next_groups(wanted: list[str], stopped_in: str) -> list[str]:
+    """The wanted groups after the one a worker stopped in, in the schedule's order."""
+    return [g for g in GROUPS[GROUPS.index(stopped_in) + 1:] if g in wanted]
+
+
+def supervise(args: argparse.Namespace, max_workers: int = len(GROUPS)) -> int:
+    start = time.monotonic()
+    wanted = [g for g in GROUPS if g in set(args.only or GROUPS) - set(args.skip)]
+    first = len(json.loads(Path(args.previous).read_text())["rows"]) if args.previous and \
+        Path(args.previous).is_file() else 0  # the rows of this invocation follow those
+    with tempfile.NamedTemporaryFile("r", prefix="gpu_check-path-", suffix=".txt") as path_file:
+        env = {**os.environ, PATH_ENV: path_file.name}
+        cmd = worker_argv(args)
+        stopping = []
+        child: list[subprocess.Popen] = []
+
+        def on_term(signum, frame):  # the worker writes what it has (its handler ignores a second SIGTERM)
+            stopping.append(signum)
+            if child:
+                child[-1].send_signal(signal.SIGTERM)
+
+        previous = signal.signal(signal.SIGTERM, on_term)
+        try:
+            for _ in range(max_workers):
+                child.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *cmd], env=env))
+                rc = child[-1].wait()
+                path_file.seek(0)
+                written = path_file.read().strip()
+                if rc in (0, 1, 2) or stopping or not written:
+                    break
+                path = Path(written)
+                data = json.loads(path.read_text())
+                reason = {EXIT_CONTEXT_LOST: "the CUDA context broke", EXIT_HUNG: "a row hung"}.get(
+                    rc, f"the worker process died ({'signal ' + str(-rc) if rc < 0 else 'exit ' + str(rc)})")
+                running = data.get("running")
+                if running:  # a crash: the row it died in was never recorded
+                    row = {k: v for k, v in running.items() if k != "started_s"}
+                    row["error"] = f"{reason} while running this row; the later groups run in a new process"
+                    data["rows"].append(row)
+                    data["running"] = None
+                    print(one_line(row), flush=True)
+                stopped_in = (running or data["rows"][-1])["group"]
+                data["meta"]["worker_stopped"] = {"group": stopped_in, "reason": reason, "exit": rc}
+                write_json(path, data)
+                rest = next_groups(wanted, stopped_in)
+                if not rest:
+                    break
+                left = max(0.0, args.budget_s - (time.monotonic() - start))
+                print(f"gpu_check: {reason} in group {stopped_in}; restarting with {' '.join(rest)} "
+                      f"({left:.0f} s of budget left)", flush=True)
+                cmd = worker_argv(args, out=path, previous=path, only=rest, skip=[], budget_s=left)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        path_file.seek(0)
+        written = path_file.read().strip()
+    if not written:
+        return rc
+    data = json.loads(Path(written).read_text())
+    print(summary(data["rows"][first:]))
+    print(f"gpu_check: wrote {written} ({len(data['rows'])} rows, {time.monotonic() - start:.0f} s, "
+          f"{len(child)} worker process(es))")
+    return 0 if data["finished"] else 1
+
+
+def work(args: argparse.Namespace, supervised: bool) -> int:
     try:
         device = resolve_device(args.device)
         today = datetime.datetime.now(datetime.timezone.utc).date()
         path = output_path(args.out, gpu_name(device), args.dry_run, today)
-        report = Report(path, meta(device, args, args.budget_s), args.budget_s)
+        alive = (lambda: cuda_alive(device)) if device.type == "cuda" else (lambda: True)
+        report = Report(path, meta(device, args, args.budget_s), args.budget_s, alive=alive)
         if args.previous:
             earlier = json.loads(Path(args.previous).read_text())
             report.rows = [{**r, "previous_run": True} for r in earlier["rows"]]
@@ -675,14 +864,22 @@ def main(argv: list[str] | None = None) -> int:
     except (LokiError, OSError, ValueError, KeyError) as e:  # a bad --device, --out or --previous
         print(f"gpu_check: error: {e}", file=sys.stderr)
         return 2
+    if os.environ.get(PATH_ENV):
+        Path(os.environ[PATH_ENV]).write_text(str(path))
     plan = DRY_RUN if args.dry_run else Plan()
     groups = set(args.only or GROUPS) - set(args.skip)
     print(f"gpu_check: {report.meta['gpu']}, torch {torch.__version__}, torchao {report.meta['torchao']}; "
           f"groups {', '.join(g for g in GROUPS if g in groups)}; budget {args.budget_s:.0f} s; writing {path}",
           flush=True)
+    limit = args.row_limit_s if args.row_limit_s is not None else (ROW_LIMIT_S * 4 if args.dry_run else ROW_LIMIT_S)
+    if supervised:  # only a worker: the supervisor carries on after a hang; in-process, nothing would
+        report.watch(limit)
+    interrupted = []
 
     def on_term(signum, frame):
-        raise Interrupted()
+        if not interrupted:  # once: a second SIGTERM (the supervisor passing it on) must not cut the write short
+            interrupted.append(signum)
+            raise Interrupted()
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
@@ -690,11 +887,18 @@ def main(argv: list[str] | None = None) -> int:
         report.finished = True
     except Interrupted:
         print("gpu_check: interrupted; the rows so far are written", flush=True)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    except ContextLost as e:
         report.write()
-    print(summary([r for r in report.rows if not r.get("previous_run")]))
-    print(f"gpu_check: wrote {path} ({len(report.rows)} rows, {report.elapsed():.0f} s)")
+        print(f"gpu_check: stopping this process: {e}", flush=True)
+        if supervised:
+            os._exit(EXIT_CONTEXT_LOST)  # no destructors: they would call into the broken context
+        return EXIT_CONTEXT_LOST
+    finally:
+        report.write()
+        signal.signal(signal.SIGTERM, previous)
+    if not supervised:
+        print(summary([r for r in report.rows if not r.get("previous_run")]))
+    print(f"gpu_check: wrote {path} ({len(report.rows)} rows, {report.elapsed():.0f} s)", flush=True)
     return 0 if report.finished else 1
 
 

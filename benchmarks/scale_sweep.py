@@ -39,13 +39,34 @@ PRECISIONS = ["bf16", "fp8_tensorwise", "fp8_rowwise"]
 CHECKPOINTING = ["none", "selective", "full"]
 
 
+def build_model(m, device: torch.device) -> Transformer:
+    """The model built on the meta device and materialised on `device` (to_empty, then the model's own
+    init_weights, which also ties the head again): a 1.4B built on the CPU first costs two CPU initialisations
+    (nn.Linear's own and init_weights) and a copy, seconds per trial that the GPU's short lease cannot spare.
+    A model with buffers (the byte-level one) is built on the device directly: to_empty would leave them unset."""
+    with torch.device("meta"):
+        model = Transformer(m)
+    if any(True for _ in model.buffers()):
+        with torch.device(device):
+            model = Transformer(m)
+    else:
+        model = model.to_empty(device=device)
+    model.init_weights()
+    return model
+
+
+def is_oom(e: BaseException) -> bool:
+    """CUDA out of memory, also when torch.compile wraps it (raised while compiling, autotuning or running a
+    compiled graph, it arrives as another exception whose message keeps the cause)."""
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
 def measure(cfg: Config, dist: Distributed, steps: int, warmup: int) -> dict:
     """Time `steps` optimiser steps of one micro-batch per GPU at cfg's settings."""
     m, t = cfg.model, cfg.train
     device = dist.device
     torch.manual_seed(0)
-    model = Transformer(m).to(device)
-    model.init_weights()
+    model = build_model(m, device)
     applied = parallelize(model, t, dist)
     optimizer = build_optimizer(model, t)
     autocast = contextlib.nullcontext if dist.fsdp else autocast_for(device, t.precision)  # as the trainer does
@@ -85,11 +106,13 @@ def measure(cfg: Config, dist: Distributed, steps: int, warmup: int) -> dict:
 
 
 def _free(compiled: bool) -> None:
+    # dynamo's caches hold the compiled blocks (and so the last model's weights): reset them before collecting,
+    # or empty_cache cannot give the memory of a setting that ran out of it back before the next one
+    if compiled:
+        torch._dynamo.reset()  # each setting compiles its own graphs; keep the cache from filling up
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    if compiled:
-        torch._dynamo.reset()  # each setting compiles its own graphs; keep the cache from filling up
 
 
 def sweep(cfg: Config, dist: Distributed, precisions: list[str], checkpointing: list[str], micro_batches: list[int],
@@ -107,10 +130,11 @@ def sweep(cfg: Config, dist: Distributed, precisions: list[str], checkpointing: 
                 try:
                     row.update(status="ok", **measure(setting, dist, steps, warmup))
                     row["gpu_hours_full_run"] = round(run_tokens / row["tokens_per_s_per_gpu"] / 3600, 1)
-                except torch.OutOfMemoryError:
-                    row["status"] = "out of memory"
                 except LokiError as e:  # this hardware cannot run the precision: say so, measure the rest
                     row["status"] = f"refused: {e}"
+                except Exception as e:  # noqa: BLE001 -- an OOM (wrapped or not) or a failed compile: the rest run
+                    row["status"] = ("out of memory" if is_oom(e) else
+                                     "error: " + f"{type(e).__name__}: {e}".strip().splitlines()[0][:300])
                 _free(cfg.train.compile)
                 group.append(row)
                 if dist.is_main and out:

@@ -36,3 +36,37 @@ def test_sweep_measures_refuses_and_marks_the_best_micro_batch(tmp_path, one_thr
     assert "**" in sweep.table(rows) and "refused" in sweep.table(rows)
     assert [json.loads(line) for line in Path(out + "l").read_text().splitlines()] == [
         {k: v for k, v in r.items() if k != "best"} for r in rows]
+
+
+def test_a_wrapped_out_of_memory_or_a_failed_compile_is_a_row_and_the_sweep_goes_on(monkeypatch):
+    sweep = _sweep_module()
+    cfg = load_config("configs/tiny.yaml", ["model.vocab_size=256", "model.n_layer=1", "model.d_model=64",
+                                              "model.context_length=32", "train.device=cpu"])
+
+    def measure(setting, dist, steps, warmup):
+        t = setting.train
+        if t.micro_batch_size == 2:  # torch.compile raises an OOM inside its own exception
+            raise RuntimeError("BackendCompilerFailed: backend='inductor' raised: CUDA out of memory. Tried 4 GiB")
+        if t.precision == "fp8_rowwise":
+            raise AssertionError("a compiled kernel failed")
+        return {"tokens_per_s_per_gpu": 10.0 * t.micro_batch_size, "tokens_per_s": 10.0 * t.micro_batch_size}
+
+    monkeypatch.setattr(sweep, "measure", measure)
+    rows = sweep.sweep(cfg, Distributed(0, 0, 1, torch.device("cpu"), fsdp=False), ["bf16", "fp8_rowwise"],
+                       ["none"], [1, 2, 4], steps=1, warmup=0, run_tokens=1e9)
+    assert [(r["precision"], r["micro_batch"], r["status"]) for r in rows] == [
+        ("bf16", 1, "ok"), ("bf16", 2, "out of memory"), ("fp8_rowwise", 1, "error: AssertionError: a compiled kernel failed")]
+    assert rows[0]["best"]
+
+
+def test_build_model_materialises_on_the_device_from_the_meta_device_with_the_head_tied():
+    sweep = _sweep_module()
+    m = load_config("configs/tiny.yaml", []).model
+    assert m.tie_embeddings
+    model = sweep.build_model(m, torch.device("cpu"))
+    assert not any(p.is_meta for p in model.parameters())
+    assert model.head.weight is model.tok_embeddings.weight
+    assert torch.equal(model.norm.weight, torch.ones_like(model.norm.weight))
+    assert abs(model.tok_embeddings.weight.std().item() - m.init_std) < 0.1 * m.init_std
+    byte = sweep.build_model(load_config("configs/stlm-byte.yaml", []).model, torch.device("cpu"))  # has buffers
+    assert not any(b.is_meta for b in byte.buffers()) and not any(p.is_meta for p in byte.parameters())
