@@ -182,3 +182,13 @@ def test_choices_read_their_shared_context_once_and_the_head_sees_only_scored_po
     # the context once, then the three longer choices' tokens but the last, right-padded to the longest (4)
     assert seen["body"] == 40 + 3 * 4
     assert seen["head"] == 1 + 3 * 4
+
+
+def test_the_byte_level_model_is_refused_with_a_clear_error(small_tokenizer):
+    from lokilm.errors import LokiError
+    from lokilm.model.config import ModelConfig
+
+    cfg = ModelConfig(vocab_size=512, n_layer=1, n_head=2, d_model=48, d_ff=96, context_length=64, input="bytes",
+                      byte_context=16, byte_d_model=32, byte_n_head=2, byte_n_layer=1)
+    with pytest.raises(LokiError, match="no token logits"):
+        LokiLM(Transformer(cfg), small_tokenizer)

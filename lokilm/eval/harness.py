@@ -16,6 +16,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tokenizers import Tokenizer
 
 from lokilm.config import GenerateConfig
+from lokilm.errors import LokiError
 from lokilm.generate import generate_batch, padded_forward
 from lokilm.model import Transformer
 from lokilm.tokenizer import decode, encode, eot_id
@@ -31,6 +32,9 @@ class LokiLM(TemplateLM):
     def __init__(self, model: Transformer, tokenizer: Tokenizer, batch_size: int = 32, progress=None,
                  max_tokens: int | None = None):
         super().__init__()
+        if model.cfg.input == "bytes":  # its head decodes bytes; lm-eval's requests need token logits
+            raise LokiError("the byte-level model has no token logits for lm-eval: compare it by held-out bits "
+                            "per byte (lokilm.eval.bpb)")
         self.model, self.tok, self.batch_size = model.eval(), tokenizer, batch_size
         self.max_length = model.cfg.context_length
         self._device = next(model.parameters()).device
