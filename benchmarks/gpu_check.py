@@ -20,8 +20,12 @@ check or setting, in this order (the most needed first, so a short run still ans
 Every row has "gpu", "preset", "precision", "activation_checkpointing", "micro_batch", "tokens_per_s_per_gpu",
 "mfu" (against the dense bf16 peak, FP8 included) and "peak_mem_gb" (None where they do not apply); a check row
 has "ok" and its errors. Each row runs in its own try/except: an OOM or a missing kernel records "error" and the
-rest still run. Rows that would start after --budget-s seconds are recorded as skipped, and the file is rewritten
-after every row, so a killed run leaves what it measured. The micro-batch search doubles from the preset's value
+rest still run. The check runs in a worker process under a supervisor: when the worker dies (a segfault, an abort,
+an NCCL teardown), a row hangs (--row-limit-s, 240 s) or a failed row leaves the CUDA context broken (an illegal
+memory access: every later CUDA call would fail), the row is recorded as such and the groups after its group run
+in a new worker, in the same file, within what is left of the budget (--no-restart: one process, no restarts).
+Rows that would start after --budget-s seconds are recorded as skipped, and the file is rewritten before and
+after every row (the row under way is its "running"), so a killed run leaves what it measured. The micro-batch search doubles from the preset's value
 while the step gets faster by at least 3% and the memory extrapolated from the last trial fits; it stops at an OOM.
 
 The device machine is bare and offline: its python3 has torch (2.11, CUDA 13) but not torchao, and `pip install
