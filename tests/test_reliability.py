@@ -262,6 +262,12 @@ def test_absurd_values_are_refused_naming_them(capsys, tmp_path, override, named
     assert code == 2 and err.startswith("loki: error: ") and named in err and "Traceback" not in err
 
 
+def test_compiled_flex_attention_on_the_cpu_is_refused_before_it_fails(make_cfg, tmp_path):
+    # Inductor's CPU FlexAttention template raised a LoweringException traceback at the first step
+    with pytest.raises(LokiError, match="model.attention=flex with train.compile=true does not compile on the CPU"):
+        train(make_cfg(tmp_path / "flex", "model.attention=flex", "train.compile=true", "train.max_steps=1"))
+
+
 def test_bad_config_files_are_refused_clearly(capsys, tmp_path):
     (tmp_path / "latin1.yaml").write_bytes("run_dir: caf\xe9\n".encode("latin-1"))
     (tmp_path / "listbase.yaml").write_text("base: [configs/tiny.yaml]\n")

@@ -16,6 +16,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 from lokilm.config import TrainConfig
+from lokilm.errors import LokiError
 from lokilm.model import Transformer
 from lokilm.parallel.dist import Distributed
 from lokilm.parallel.precision import check_precision, convert_8bit, cuda_capability, uses_bf16
@@ -37,6 +38,11 @@ def parallelize(model: Transformer, t: TrainConfig, dist: Distributed) -> list[s
     one line per thing applied, for the run's log."""
     check_precision(t.precision, cuda_capability(dist.device),
                     torch.cuda.get_device_name(dist.device) if dist.device.type == "cuda" else "this GPU")
+    if t.compile and model.cfg.attention == "flex" and dist.device.type != "cuda":
+        # Inductor's CPU template for FlexAttention fails at the first step (torch 2.13: "not enough values to
+        # unpack"); `auto` scores with SDPA on a CPU, the same attention
+        raise LokiError("model.attention=flex with train.compile=true does not compile on the CPU: use "
+                        "model.attention=auto (SDPA here) or train.compile=false")
     notes = [n for n in [convert_8bit(model, t.precision, dist.fsdp)] if n]
     if t.optimizer_8bit:  # applied by build_optimizer; said here, with the rest of the precision
         notes.append("8-bit AdamW states (torchao.optim.AdamW8bit)")
