@@ -10,7 +10,7 @@ import torch
 
 from lokilm.config import GenerateConfig
 from lokilm.errors import LokiError
-from lokilm.generate import sample_next
+from lokilm.generate import sample_next, seeded_generator
 from lokilm.model import Transformer
 from lokilm.model.byte_level import chunk_bytes
 
@@ -23,7 +23,7 @@ def generate_bytes(model: Transformer, prompt_ids: list[int], settings: Generate
     if len(prompt_ids) >= ctx:
         raise LokiError(f"the prompt is {len(prompt_ids)} tokens, the model's context is {ctx}: shorten the prompt")
     device = model.norm.weight.device
-    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    generator = seeded_generator(settings.seed, device)
     max_len = min(ctx, len(prompt_ids) + settings.max_new_tokens)
     cache = model.new_cache(batch_size=1, max_len=max_len, device=device)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass, field, replace
 
@@ -104,7 +105,8 @@ class Chat:
         if dropped:
             print(f"[dropped the {dropped} oldest turn{'s' * (dropped > 1)} to fit the {self.model.cfg.context_length}"
                   "-token context]", file=out, flush=True)
-        settings = replace(self.settings, seed=self.settings.seed + self.answered)
+        seed = self.settings.seed + self.answered  # each answer its own draw; past 2**64 it wraps, as torch's seed does
+        settings = replace(self.settings, seed=seed - 2**64 if seed >= 2**64 else seed)
         self.answered += 1
         stops, text = self.stop_ids, ""
         tokens = generate_ids(self.model, ids, settings, self.tok.get_vocab_size(), stop_id=eot_id(self.tok))
@@ -135,9 +137,8 @@ class Chat:
             except ValueError:
                 print(f"[{parts[1]} wants a {SETTABLE[parts[1]].__name__}, not {parts[2]!r}]", file=out)
                 return True
-            if (parts[1] in ("max_new_tokens", "top_k") and value < 0) or (parts[1] == "top_p" and not 0 < value <= 1) \
-                    or (parts[1] == "temperature" and value < 0):
-                print(f"[{parts[1]}={parts[2]} is out of range]", file=out)
+            if out_of_range(parts[1], value):
+                print(f"[{parts[1]}={parts[2]} is out of range] it {out_of_range(parts[1], value)}", file=out)
                 return True
             setattr(self.settings, parts[1], value if value or parts[1] not in ("top_k",) else None)
             print(f"[{parts[1]} = {value}]", file=out)
@@ -146,6 +147,21 @@ class Chat:
         else:
             print(HELP, file=out)
         return True
+
+
+def out_of_range(name: str, value) -> str | None:
+    """What is wrong with a value of the setting `name` (a NaN passes every comparison, so it is named); None: fine."""
+    if name == "max_new_tokens" and value < 1:
+        return "must be >= 1"
+    if name == "top_k" and value < 0:
+        return "must be >= 0 (0: off)"
+    if name == "top_p" and not 0 < value <= 1:
+        return "must be in (0, 1] (1: off)"
+    if name == "temperature" and not (math.isfinite(value) and value >= 0):
+        return "must be a number >= 0 (0: greedy)"
+    if name == "seed" and not -2**63 <= value < 2**64:
+        return "must fit in 64 bits"
+    return None
 
 
 def _until(tokens, stops: set[int]):
@@ -185,8 +201,11 @@ class _Holdback:
 
 def run(args: argparse.Namespace, stdin=None, out=None) -> int:
     stdin, out = stdin or sys.stdin, out or sys.stdout
-    if args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
-        raise LokiError("--max-new-tokens must be >= 1, --temperature >= 0, --top-k >= 0 and --top-p in (0, 1]")
+    for name in SETTABLE:
+        problem = out_of_range(name, getattr(args, name))
+        if problem:
+            raise LokiError(f"--{name.replace('_', '-')} {getattr(args, name)} is out of range: --max-new-tokens must be "
+                            ">= 1, --temperature >= 0, --top-k >= 0, --top-p in (0, 1] and --seed fit in 64 bits")
     settings = GenerateConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_k=args.top_k or None, top_p=args.top_p if args.top_p < 1 else None, seed=args.seed)
     chat = Chat.load(args.run_dir, settings)

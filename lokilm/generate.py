@@ -22,8 +22,12 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """One token id per row of `logits` (B, V); temperature 0 is greedy."""
     if temperature <= 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+        return finite_logits(logits).argmax(dim=-1)
+    logits = finite_logits(logits).float()
+    # shifted so the top logit is 0 and stays 0: a tiny temperature then sends the rest to -inf, never the top one
+    # to inf (inf - inf is NaN, which multinomial refuses), nor to 0 / 0 when it rounds to 0 in float32
+    shifted = logits - logits.amax(dim=-1, keepdim=True)
+    logits = torch.where(shifted == 0, shifted, shifted / temperature)
     if top_k:
         kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[..., -1, None]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -35,6 +39,21 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def seeded_generator(seed: int, device) -> torch.Generator:
+    """A generator seeded with `seed`, or a LokiError for a seed torch cannot take (it keeps 64 bits)."""
+    if not -2**63 <= seed < 2**64:
+        raise LokiError(f"generate.seed: {seed} is out of range (an integer in [-2**63, 2**64))")
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def finite_logits(logits: torch.Tensor) -> torch.Tensor:
+    """`logits`, or a LokiError when the model gave NaN (its weights hold NaN or inf: every token would be noise)."""
+    if bool(logits.isnan().any()):
+        raise LokiError("the model's next-token scores are NaN: its checkpoint holds NaN or inf weights "
+                        "(a diverged run, or a damaged file); generate from an earlier checkpoint")
+    return logits
 
 
 def _positions_and_bias(model: Transformer, pad: torch.Tensor, past: int, T: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +126,7 @@ def decode_steps(model: Transformer, prompts: list[list[int]], settings: Generat
         raise LokiError(f"model.input={model.cfg.input!r}: generation reads token logits; this model has none")
     device = next(model.parameters()).device
     seeds = seeds or [settings.seed] * len(prompts)
-    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    generators = [seeded_generator(s, device) for s in seeds]
     budget = [min(settings.max_new_tokens, ctx - len(ids)) for ids in prompts]
     width = max(len(ids) for ids in prompts)
     pad = torch.tensor([width - len(ids) for ids in prompts], device=device)
@@ -119,7 +138,7 @@ def decode_steps(model: Transformer, prompts: list[list[int]], settings: Generat
     while any(active):
         logits[:, vocab_size:] = float("-inf")  # padded vocabulary rows the tokenizer never produces
         if settings.temperature <= 0:
-            nxt = logits.argmax(dim=-1)
+            nxt = finite_logits(logits).argmax(dim=-1)
         else:
             nxt = torch.stack([sample_next(logits[b:b + 1], settings.temperature, settings.top_k, settings.top_p,
                                            generators[b])[0] if active[b] else logits.new_zeros((), dtype=torch.long)

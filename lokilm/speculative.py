@@ -16,7 +16,7 @@ from lokilm.byte_generate import complete_bytes
 from lokilm.checkpoint import load_model
 from lokilm.config import GenerateConfig
 from lokilm.errors import LokiError
-from lokilm.generate import generate_ids, sample_next
+from lokilm.generate import finite_logits, generate_ids, sample_next, seeded_generator
 from lokilm.model import Transformer
 from lokilm.model.early_exit import exit_step
 from lokilm.rundir import RunDir
@@ -58,7 +58,7 @@ def early_exit_ids(model: Transformer, prompt_ids: list[int], settings: Generate
         raise LokiError(f"--exit-threshold must be in (0, 1], got {threshold}")
     stats = stats if stats is not None else DecodeStats()
     device, max_len, cache = _start(model, prompt_ids, settings)
-    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    generator = seeded_generator(settings.seed, device)
     logits = model(torch.tensor([prompt_ids], device=device), cache=cache)[:, -1]
     for _ in range(max_len - len(prompt_ids)):
         logits[:, vocab_size:] = float("-inf")
@@ -91,7 +91,7 @@ def self_speculative_ids(model: Transformer, prompt_ids: list[int], settings: Ge
 
     def greedy(logits: torch.Tensor) -> torch.Tensor:
         logits[..., vocab_size:] = float("-inf")
-        return logits.argmax(-1)
+        return finite_logits(logits).argmax(-1)
 
     # Invariant: the cache holds every output but the last, `token`, which is fed at the next round's start.
     token = greedy(model(torch.tensor([prompt_ids], device=device), cache=cache)[0, -1])

@@ -252,7 +252,9 @@ def _train_one(cfg_dict: dict, threads: int | None) -> dict:
 
     if threads:
         torch.set_num_threads(threads)
-    return train(from_dict(cfg_dict))
+    cfg = from_dict(cfg_dict)
+    with RunDir(cfg).lock("ablate"):  # nor may a `loki train` of this run start beside it
+        return train(cfg)
 
 
 def _train_all(todo: list[Run], jobs: int) -> None:
@@ -282,7 +284,7 @@ def _scores(run: Run, windows: int) -> dict:
     import json
 
     from lokilm.checkpoint import latest_checkpoint
-    from lokilm.experiments.heldout import window_scores
+    from lokilm.experiments.heldout import well_formed, window_scores
 
     rd = RunDir(run.cfg)
     path = rd.root / "heldout_windows.json"
@@ -292,7 +294,7 @@ def _scores(run: Run, windows: int) -> dict:
             kept = json.loads(path.read_text())
         except ValueError:
             kept = None
-        if kept and ckpt and kept.get("checkpoint") == str(ckpt.path) and kept.get("asked") == windows:
+        if isinstance(kept, dict) and well_formed(kept) and ckpt and kept.get("checkpoint") == str(ckpt.path) and kept.get("asked") == windows:
             return kept
     scores = {**window_scores(rd.root, windows, run.cfg.train.device, run.cfg.eval.batch_size), "asked": windows}
     write_json(path, scores)
@@ -300,7 +302,8 @@ def _scores(run: Run, windows: int) -> dict:
 
 
 def ablate(ab: Ablation) -> dict:
-    """Train what is not finished, score every run, compare, and write ablation.json / .md and the plots."""
+    """Train what is not finished, score every run, compare, and write ablation.json / .md and the plots. The
+    caller holds the ablation folder's lock (`loki ablate`, `loki distill experiment`)."""
     start = time.time()
     runs = plan(ab)
     for run in runs:

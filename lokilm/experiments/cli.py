@@ -39,6 +39,11 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dry_run(ab))
         return 0
-    ablate(ab)
+    from lokilm.rundir import RunDir
+
+    # a second `loki ablate` on the same folder would train the same run directories at once (interleaved
+    # metrics, clobbered checkpoints): it is refused, naming this one
+    with RunDir.at(ab.run_dir).lock("ablate"):
+        ablate(ab)
     print(f"results: {ab.run_dir}/ablation.md, ablation.json, loss_curves.png, deltas.png")
     return 0

@@ -47,6 +47,20 @@ def window_scores(run_dir: str | Path, n_windows: int = 0, device: str = "auto",
             "documents": windows.documents(n).tolist()}
 
 
+def well_formed(scores: dict) -> bool:
+    """Whether a kept heldout_windows.json is what window_scores wrote: bits, bytes and documents, one number per
+    window each, some bytes scored (a hand-edited or damaged file is scored again instead of summarised)."""
+    try:
+        n = scores["windows"]
+        lists = [scores[k] for k in ("bits", "bytes", "documents")]
+        return (isinstance(n, int) and isinstance(scores["step"], int)
+                and all(isinstance(x, list) and len(x) == n for x in lists)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for x in lists for v in x)
+                and sum(scores["bytes"]) > 0)
+    except (KeyError, TypeError):
+        return False
+
+
 def items(scores: dict) -> np.ndarray:
     """Per-window bits over the mean bytes of a window: their mean is the run's bits per byte (sum of bits over
     sum of bytes), and two runs on the same windows differ item by item exactly as their bits do."""

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from tokenizers import processors
 
@@ -93,7 +94,30 @@ def export(run_dir: str | Path, out_dir: str | Path, step: int | None = None, dt
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise LokiError(f"{out} already exists; pass --force to overwrite it")
     run = RunDir.open(run_dir)
+    _check_replaceable(out, run.root)
     ckpt = find_checkpoint(run, step)
+    try:
+        out.resolve().parent.mkdir(parents=True, exist_ok=True)
+        return _write(run, ckpt, out, dtype, run_dir)
+    except (OSError, SafetensorError) as e:  # a full disk, a read-only folder: nothing is left half-written
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+        raise LokiError(f"the export to {out} failed ({reason})") from None
+
+
+def _check_replaceable(out: Path, run_root: Path) -> None:
+    """--force replaces an earlier export, never the run being exported, a folder holding it, or another run."""
+    target, root = out.resolve(), run_root.resolve()
+    if target == root or target in root.parents:
+        raise LokiError(f"{out} is the run directory or holds it ({run_root}); export to another folder")
+    if out.exists() and not out.is_dir():
+        raise LokiError(f"{out} is a file, not a model folder; --force only replaces an earlier export")
+    if out.is_dir() and ((out / "config.yaml").is_file() or (out / "checkpoints").is_dir()):
+        raise LokiError(f"{out} is a lokilm run directory, not an export; --force only replaces an earlier export")
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise LokiError(f"{out} is not a model folder (no config.json); --force only replaces an earlier export")
+
+
+def _write(run: RunDir, ckpt: Checkpoint, out: Path, dtype: str, run_dir: str | Path) -> Path:
     with tempfile.TemporaryDirectory(prefix=".loki-export-", dir=out.resolve().parent) as tmp:
         tmp = Path(tmp)
         if ckpt.sharded:  # consolidated on the way, into a scratch run directory

@@ -19,9 +19,8 @@ from lokilm.config import Config, to_dict
 from lokilm.errors import LokiError
 from lokilm.fileio import sha256_file
 from lokilm.interop.export import EXPORTED_FIELDS, chat_template_file
-from lokilm.interop.llama import from_llama_name, model_config_from_llama
+from lokilm.interop.llama import check_weights_fit, checked_model, from_llama_name, model_config_from_llama
 from lokilm.model import Transformer
-from lokilm.model.config import ModelConfig
 from lokilm.rundir import RunDir
 from lokilm.tokenizer import EOT
 
@@ -78,7 +77,9 @@ def _load_hf(source: Path):
         config = AutoConfig.from_pretrained(folder, **kwargs)
     except Exception as e:  # transformers and gguf raise many kinds for an unreadable or unknown file
         raise LokiError(f"{source} could not be read as a model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    model_config_from_llama(config.to_dict(), str(source))  # refuse by name before loading any weights
+    m = model_config_from_llama(config.to_dict(), str(source))  # refuse by name before loading any weights
+    files = [source] if source.is_file() else [p for p in source.iterdir() if p.suffix in (".safetensors", ".bin")]
+    check_weights_fit(m, str(source), sum(p.stat().st_size for p in files))
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the GGUF reader prints progress
             hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
@@ -110,14 +111,17 @@ def llama_to_lokilm(hf, config: dict, source: str) -> Transformer:
 def _lokilm_export(source: Path, config: dict) -> Transformer:
     """A folder `loki export` wrote with LokiLM remote code: its config and weights are lokilm's own, read
     directly (so importing it never runs the folder's Python file)."""
-    m = ModelConfig(**{k: config[k] for k in EXPORTED_FIELDS if k in config})
-    m.tie_embeddings = bool(config.get("tie_word_embeddings", False))
+    fields = {k: config[k] for k in EXPORTED_FIELDS if k in config}
+    m = checked_model(str(source), {**fields, "tie_embeddings": bool(config.get("tie_word_embeddings", False))})
+    weights = source / "model.safetensors"
+    check_weights_fit(m, str(source), weights.stat().st_size if weights.is_file() else 0)
     model = Transformer(m)
     try:
         state = {k: t.to(torch.float32) for k, t in load_file(str(source / "model.safetensors")).items()}
         model.load_state_dict(state, strict=not m.tie_embeddings)
     except (OSError, RuntimeError, SafetensorError) as e:
-        raise LokiError(f"{source}/model.safetensors does not hold this model's weights ({str(e).splitlines()[0][:200]})") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]  # torch: a heading, then the mismatches
+        raise LokiError(f"{source}/model.safetensors does not hold this model's weights ({lines[min(1, len(lines) - 1)][:200]})") from None
     model.tie_weights()
     return model.eval()
 

@@ -92,8 +92,11 @@ def model_config_from_llama(c: dict, source: str) -> ModelConfig:
         refused.append(f"sliding-window attention ({c['sliding_window']})")
     if c.get("pretraining_tp", 1) != 1:
         refused.append("pretraining_tp")
-    heads, hidden = int(c["num_attention_heads"]), int(c["hidden_size"])
-    if c.get("head_dim") not in (None, hidden // heads):
+    try:
+        heads, hidden = int(c["num_attention_heads"]), int(c["hidden_size"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise LokiError(f"{source}: its config has no usable num_attention_heads / hidden_size ({e!r})") from None
+    if heads > 0 and c.get("head_dim") not in (None, hidden // heads):
         refused.append(f"head_dim {c['head_dim']} != hidden_size / num_attention_heads")
     try:
         theta = _rope_theta(c)
@@ -101,11 +104,38 @@ def model_config_from_llama(c: dict, source: str) -> ModelConfig:
         refused.append(str(e))
     if refused:
         raise LokiError(f"{source} uses what lokilm cannot represent: {'; '.join(refused)}")
-    kv = int(c.get("num_key_value_heads") or heads)
-    return ModelConfig(
-        vocab_size=int(c["vocab_size"]), n_layer=int(c["num_hidden_layers"]), n_head=heads,
-        n_kv_head=None if kv == heads else kv, d_model=hidden, d_ff=int(c["intermediate_size"]),
-        context_length=int(c.get("max_position_embeddings", 2048)), position="rope", rope_theta=theta,
-        tie_embeddings=bool(c.get("tie_word_embeddings", False)), norm_eps=float(c.get("rms_norm_eps", 1e-6)),
-        init_std=float(c.get("initializer_range", 0.02)),
-    )
+    kv = c.get("num_key_value_heads") or heads
+    return checked_model(source, {
+        "vocab_size": c.get("vocab_size"), "n_layer": c.get("num_hidden_layers"), "n_head": heads,
+        "n_kv_head": None if kv == heads else kv, "d_model": hidden, "d_ff": c.get("intermediate_size"),
+        "context_length": c.get("max_position_embeddings", 2048), "position": "rope", "rope_theta": theta,
+        "tie_embeddings": bool(c.get("tie_word_embeddings", False)), "norm_eps": c.get("rms_norm_eps", 1e-6),
+        "init_std": c.get("initializer_range", 0.02)})
+
+
+def checked_model(source: str, fields: dict) -> ModelConfig:
+    """The ModelConfig of `fields` as the typed config reads them (types coerced, shapes and ranges checked), or
+    a LokiError naming the field: a config.json with a string for a size, a context of 0 or 10**9 layers is refused
+    here, before any tensor is made."""
+    from lokilm.config import ConfigError, from_dict
+
+    try:
+        return from_dict({"model": fields}).model
+    except ConfigError as e:
+        raise LokiError(f"{source}: its config does not describe a model lokilm can build ({e})") from None
+
+
+def parameter_count(m: ModelConfig) -> int:
+    """The weights a Transformer of `m` holds (norms aside)."""
+    head = m.d_model // m.n_head
+    attn = 2 * m.d_model * m.d_model + 2 * m.d_model * head * (m.n_kv_head or m.n_head)
+    return m.n_layer * (attn + 3 * m.d_model * m.d_ff) + m.vocab_size * m.d_model * (1 if m.tie_embeddings else 2)
+
+
+def check_weights_fit(m: ModelConfig, source: str, weight_bytes: int) -> None:
+    """Refuse a config that declares far more weights than its files hold (10**9 layers over a 1 MB file would
+    otherwise allocate until the machine runs out of memory). One bit per weight is below any GGUF quantisation."""
+    need = parameter_count(m)
+    if need / 8 > weight_bytes:
+        raise LokiError(f"{source}: its config declares {need:,} weights, but its weight files hold only "
+                        f"{weight_bytes:,} bytes; the config does not match the weights")

@@ -80,11 +80,19 @@ def _training(run: RunDir, figures: Path) -> Section | None:
     from lokilm.report import plots
     from lokilm.train.metrics import read_metrics
 
-    records = read_metrics(run.root) if run.metrics.is_file() else []
+    try:
+        records = read_metrics(run.root) if run.metrics.is_file() else []
+    except (LokiError, ValueError) as e:  # a damaged line, bytes that are not UTF-8: the rest of the report stands
+        return Section("Training").p(f"`{run.metrics}` could not be read, so the training curves are left out: "
+                                     f"{str(e).splitlines()[0][:200]}")
+    records, odd = _plottable(records)
     if not records:
         return None
     events = _events(run.events)
     s = Section("Training")
+    if odd:
+        s.p(f"{odd:,} records of `{run.metrics}` have no integer step and were left out of the curves; "
+            "values that are not finite numbers were left out too.")
     train = run.read_summary("train")
     if train:
         s.p(f"Status {train.get('status')}: {train.get('step', 0):,} steps, {train.get('tokens', 0):,} tokens in "
@@ -99,25 +107,43 @@ def _training(run: RunDir, figures: Path) -> Section | None:
     return s
 
 
+def _plottable(records: list) -> tuple[list[dict], int]:
+    """The records a plot can draw (an integer step; of their values only finite numbers, and the per-source
+    dicts), and how many records were left out: a hand-edited metrics.jsonl must not stop the report."""
+    import math
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    kept = [{k: v for k, v in r.items() if number(v) or isinstance(v, (dict, str))} for r in records
+            if isinstance(r, dict) and isinstance(r.get("step"), int) and not isinstance(r.get("step"), bool)]
+    return kept, len(records) - len(kept)
+
+
 def _events(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            out.append(json.loads(line))
+            event = json.loads(line)
         except ValueError:
             continue  # a line cut off by a kill
+        step = event.get("step", 0) if isinstance(event, dict) else None
+        if isinstance(step, int) and not isinstance(step, bool):  # else not an event a plot can place
+            out.append(event)
     return out
 
 
 def _held_out(run: RunDir, compute: bool) -> Section | None:
     """Bits per byte on the held-out windows with its standard error (bootstrap by document)."""
     from lokilm.eval import stats
-    from lokilm.experiments.heldout import items
+    from lokilm.experiments.heldout import items, well_formed
 
     path = run.root / "heldout_windows.json"
     scores = _read_json(path)
+    if scores is not None and not well_formed(scores):
+        scores = None  # damaged: scored again (or, with --no-heldout, left out), never summarised as it is
     if scores is None and compute:
         from lokilm.checkpoint import latest_checkpoint
         from lokilm.experiments.heldout import window_scores
@@ -318,11 +344,14 @@ def write_report(run_dir: str | Path, compute_heldout: bool = True) -> dict:
     root = Path(run_dir)
     if not root.is_dir():
         raise LokiError(f"{run_dir} is not a directory")
-    sections = build(root, compute_heldout)
     from lokilm.fileio import atomic_write
 
-    atomic_write(root / "report.md", to_markdown(sections, root).encode())
-    atomic_write(root / "report.html", to_html(sections).encode())
+    try:
+        sections = build(root, compute_heldout)
+        atomic_write(root / "report.md", to_markdown(sections, root).encode())
+        atomic_write(root / "report.html", to_html(sections).encode())
+    except OSError as e:  # a read-only run directory, a full disk
+        raise LokiError(f"cannot write the report into {root} ({e.strerror or e})") from None
     return {"status": "done", "html": str(root / "report.html"), "markdown": str(root / "report.md"),
             "sections": [s.title for s in sections]}
 
