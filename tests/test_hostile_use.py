@@ -141,6 +141,15 @@ def test_export_on_a_full_disk_is_a_clear_error_and_leaves_nothing(runs, tmp_pat
     assert list(tmp_path.iterdir()) == []  # no half-written folder, no temporary folder
 
 
+def test_a_killed_exports_scratch_folder_is_removed_by_the_next_export(runs, tmp_path):
+    dead = tmp_path / ".loki-export-999999999-abcd"  # kill -9 left it, with a full copy of the weights
+    alive = tmp_path / ".loki-export-1-abcd"  # pid 1 is alive: another export still writing
+    for scratch in (dead, alive):
+        (scratch / "model").mkdir(parents=True)
+    assert main(["export", str(runs["alibi"]), str(tmp_path / "hf")]) == 0
+    assert not dead.exists() and alive.exists()
+
+
 # ---------------------------------------------------------------- import
 
 @pytest.fixture(scope="module")

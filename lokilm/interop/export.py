@@ -4,6 +4,7 @@ and serving engines load: LlamaForCausalLM for RoPE models, LokiLM remote code f
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -117,8 +118,24 @@ def _check_replaceable(out: Path, run_root: Path) -> None:
         raise LokiError(f"{out} is not a model folder (no config.json); --force only replaces an earlier export")
 
 
+def _clean_stale(parent: Path) -> None:
+    """Remove the scratch folders of exports that were killed (kill -9 skips the cleanup): each is named with
+    its process id, and only those whose process is gone are removed, so a running export keeps its own."""
+    for path in parent.glob(".loki-export-*-*"):
+        pid = path.name.split("-")[2]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def _write(run: RunDir, ckpt: Checkpoint, out: Path, dtype: str, run_dir: str | Path) -> Path:
-    with tempfile.TemporaryDirectory(prefix=".loki-export-", dir=out.resolve().parent) as tmp:
+    _clean_stale(out.resolve().parent)
+    with tempfile.TemporaryDirectory(prefix=f".loki-export-{os.getpid()}-", dir=out.resolve().parent) as tmp:
         tmp = Path(tmp)
         if ckpt.sharded:  # consolidated on the way, into a scratch run directory
             from lokilm.checkpoint.sharded import consolidate
