@@ -289,8 +289,16 @@ def _generate(args: argparse.Namespace) -> int:
             print(prompt + text, flush=True)
         return 0
     for prompt in prompts:
-        print(prompt, end="", flush=True)
-        sampler.complete(prompt, g, stream=lambda s: print(s, end="", flush=True))
+        shown = []  # the prompt is echoed with the first new text: a prompt refused (too long, say) is not echoed
+
+        def out(text: str, prompt=prompt, shown=shown) -> None:
+            if not shown:
+                shown.append(print(prompt, end="", flush=True))
+            print(text, end="", flush=True)
+
+        sampler.complete(prompt, g, stream=out)
+        if not shown:
+            print(prompt, end="")
         print(flush=True)
     return 0
 

@@ -253,6 +253,8 @@ def _validate_numbers(cfg: Config) -> None:
     _check(t.halt_at_step is None or t.halt_at_step > 0, "train.halt_at_step", f"must be positive (or null), got {t.halt_at_step}")
     for key, value in [("generate.temperature", g.temperature), ("eval.temperature", e.temperature)]:
         _check(_finite(value) and value >= 0, key, f"must be a number >= 0 (0 is greedy), got {value}")
+    for key, value in [("generate.seed", g.seed), ("train.seed", t.seed)]:  # what torch's generators take
+        _check(isinstance(value, int) and -2**63 <= value < 2**64, key, f"must be an integer seed that fits in 64 bits, got {value}")
     _check(g.top_k is None or g.top_k >= 0, "generate.top_k", f"must be >= 0 (0: off), got {g.top_k}")
     _check(g.top_p is None or (_finite(g.top_p) and 0 < g.top_p <= 1), "generate.top_p",
            f"must be in (0, 1] (1: off), got {g.top_p}")

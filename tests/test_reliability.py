@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 import pickle
 import shutil
 import subprocess
@@ -498,3 +499,54 @@ def test_import_force_never_replaces_a_run_directory_in_use(make_cfg, tmp_path, 
     (tmp_path / "a-file").write_text("x")
     code, err = cli(capsys, "import", "/nonexistent.gguf", str(tmp_path / "a-file"))
     assert code == 2 and "is a file, not a directory" in err
+
+
+# ---------------------------------------------------------------- the hostile-use review's write-ups (this session)
+
+def test_a_prompt_refused_for_its_length_is_not_echoed(make_cfg, tmp_path, capsys):
+    run = tmp_path / "gen"
+    train(make_cfg(run, "train.max_steps=1", "train.checkpoint_every=1"))
+    code = main(["generate", str(run), "--prompt", "word " * 2000, "--max-new-tokens", "2"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "the prompt is" in err and "word word" not in out
+    code, _ = cli(capsys, "generate", run, "--prompt", "The king", "--max-new-tokens", "3", "--temperature", "0")
+    assert code == 0
+
+
+@pytest.mark.parametrize("override", ["generate.seed=99999999999999999999999", "train.seed=-99999999999999999999"])
+def test_seeds_beyond_64_bits_are_refused_in_the_config(capsys, tmp_path, override):
+    code, err = cli(capsys, "train", "configs/tiny.yaml", f"run_dir={tmp_path}", override)
+    assert code == 2 and override.split("=")[0] in err and "64 bits" in err
+
+
+def test_a_metrics_file_with_non_utf8_bytes_is_handled_on_resume(make_cfg, tmp_path):
+    run = tmp_path / "bytes"
+    train(make_cfg(run, "train.max_steps=2", "train.checkpoint_every=2"))
+    with open(run / "metrics.jsonl", "ab") as f:
+        f.write(b'{"step": 3, "loss": \xff\xfe')  # a cut-off last line of garbage bytes: dropped on resume
+    train(make_cfg(run, "train.max_steps=3", "train.checkpoint_every=1"))
+    assert [r["step"] for r in read_metrics(run) if "loss" in r][-1] == 3
+    lines = (run / "metrics.jsonl").read_bytes().splitlines()
+    (run / "metrics.jsonl").write_bytes(b"\n".join(lines[:1] + [b"\xff\xfe"] + lines[1:]) + b"\n")
+    with pytest.raises(LokiError, match="line 2 is not valid JSON"):
+        train(make_cfg(run, "train.max_steps=4", "train.checkpoint_every=1"))
+
+
+def test_atomic_writes_use_a_temporary_of_their_own_and_leave_none(tmp_path, monkeypatch):
+    from lokilm import fileio
+
+    target = tmp_path / "f.json"
+    fileio.atomic_write(target, b"one")
+    seen = []
+    real = fileio.os.replace
+
+    def spy(src, dst):
+        seen.append(Path(src).name)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "replace", spy)
+    with pytest.raises(OSError):
+        fileio.atomic_write(target, b"two")
+    monkeypatch.setattr(fileio.os, "replace", real)
+    assert seen[0].startswith(f"f.json.tmp-{os.getpid()}-") and sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
+    assert target.read_bytes() == b"one"

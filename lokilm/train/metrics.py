@@ -105,12 +105,13 @@ def _records(path: Path) -> tuple[list[tuple[str, dict]], bool]:
     by a kill or a full disk) was skipped. An unparseable line before the last is damage we cannot explain."""
     if not path.exists():
         return [], False
-    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    lines = [(n, line) for n, line in enumerate(path.read_bytes().splitlines(), 1) if line.strip()]
     out = []
-    for i, (n, line) in enumerate(lines):
+    for i, (n, raw) in enumerate(lines):
         try:
+            line = raw.decode()
             out.append((line, json.loads(line)))
-        except json.JSONDecodeError:
+        except (UnicodeDecodeError, json.JSONDecodeError):
             if i < len(lines) - 1:
                 raise LokiError(f"{path} line {n} is not valid JSON: repair or delete that line, then resume") from None
             return out, True
