@@ -142,3 +142,23 @@ def test_an_imported_model_continues_pretraining(make_cfg, prepared, tmp_path):
     assert trained.cfg == model.cfg
     drift = max((a - b).abs().max() for a, b in zip(model.state_dict().values(), trained.state_dict().values()))
     assert 0 < drift < 0.05  # two small steps away from the imported weights (a fresh init would be ~0.1 away)
+
+
+def test_an_import_killed_midway_is_replaced_by_the_next_one(tmp_path, small_tokenizer, capsys, monkeypatch):
+    from lokilm.interop import hf_import
+
+    hf_folder(tmp_path / "hf", small_tokenizer)
+
+    def killed(*args, **kwargs):  # dies after the config and tokenizer are written, before the checkpoint (kill -9)
+        raise SystemExit(137)
+
+    monkeypatch.setattr(hf_import, "save_checkpoint", killed)
+    with pytest.raises(SystemExit):
+        import_model(tmp_path / "hf", tmp_path / "run")
+    monkeypatch.undo()
+    assert (tmp_path / "run" / ".importing").is_file() and (tmp_path / "run" / "config.yaml").is_file()
+    assert main(["import", str(tmp_path / "hf"), str(tmp_path / "run")]) == 0  # no --force needed
+    assert "did not finish" in capsys.readouterr().err and not (tmp_path / "run" / ".importing").exists()
+    load_model(tmp_path / "run")
+    with pytest.raises(LokiError, match="already exists; pass --force"):  # a finished import is kept
+        import_model(tmp_path / "hf", tmp_path / "run")

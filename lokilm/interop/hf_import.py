@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -126,15 +128,23 @@ def _lokilm_export(source: Path, config: dict) -> Transformer:
     return model.eval()
 
 
+IMPORTING = ".importing"
+
+
 def import_model(source: str | Path, run_dir: str | Path, force: bool = False) -> RunDir:
     """Import a Hugging Face Llama-family folder or GGUF file into a new run directory."""
     source, out = Path(source), Path(run_dir)
+    marker = out / IMPORTING  # written first and removed last: a folder holding it is an import that never finished
     if out.exists() and any(p.name != ".lock" for p in out.iterdir()):  # .lock: the importing command's own
-        if not force:
+        if marker.exists():
+            print(f"loki: note: {out} holds an import that did not finish (killed?); replacing it", file=sys.stderr)
+        elif not force:
             raise LokiError(f"{out} already exists; pass --force to overwrite it")
         for p in out.iterdir():  # all but the lock this command holds
             if p.name != ".lock":
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"importing {source} (pid {os.getpid()})\n")
     config_file = source / "config.json"
     config = json.loads(config_file.read_text()) if source.is_dir() and config_file.is_file() else {}
     if config.get("model_type") == "lokilm":
@@ -153,4 +163,6 @@ def import_model(source: str | Path, run_dir: str | Path, force: bool = False) -
         raise LokiError(f"{source}: its tokenizer ({type(tok).__name__}) has no tokenizers-library form; lokilm "
                         "needs a tokenizer.json")
     settings = {k: str(v) for k in TOKENIZER_SETTINGS if (v := getattr(tok, k, None))}
-    return save_as_run(model, Tokenizer.from_str(backend.to_str()), out, tokenizer_settings=settings)
+    run = save_as_run(model, Tokenizer.from_str(backend.to_str()), out, tokenizer_settings=settings)
+    marker.unlink()
+    return run
