@@ -298,7 +298,7 @@ def one_line(row: dict) -> str:
     state = ("SKIP " + row["skipped"] if "skipped" in row else "ERROR " + row["error"] if "error" in row
              else "ok" if row.get("ok", True) else "FAIL")
     shown = {k: row[k] for k in ("precision", "activation_checkpointing", "micro_batch", "tokens_per_s_per_gpu",
-                                 "mfu", "peak_mem_gb", "max_rel_err", "min_cosine", "chunks_per_s", "seconds")
+                                 "mfu", "peak_mem_gb", "max_rel_err", "one_minus_min_cosine", "chunks_per_s", "seconds")
              if row.get(k) is not None}
     return f"[{row['group']}] {row['name']}: {state} " + " ".join(f"{k}={v}" for k, v in shown.items())
 
@@ -703,7 +703,8 @@ def embedding_check(device: torch.device, folder: Path, dtype: str, docs: int, r
     megabytes = sum(len(t.encode("utf-8")) for t in texts) / 1e6
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
     return {"ok": bool(cos.min() >= EMBED_COSINE[dtype]), "min_cosine": float(f"{cos.min():.6g}"),
-            "mean_cosine": float(f"{cos.mean():.6g}"), "tolerance": EMBED_COSINE[dtype],
+            "mean_cosine": float(f"{cos.mean():.6g}"), "one_minus_min_cosine": float(f"{1 - cos.min():.3g}"),
+            "tolerance": EMBED_COSINE[dtype],
             "documents": len(texts), "chunks": fast.chunks_embedded,
             "chunks_per_s": round(fast.chunks_embedded / seconds, 1), "docs_per_s": round(len(texts) / seconds, 1),
             "mb_per_s": float(f"{megabytes / seconds:.3g}"), "text_mb": round(megabytes, 2), "seconds_embedding": round(
