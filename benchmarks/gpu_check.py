@@ -130,8 +130,9 @@ class Plan:
     matmul_n: int = 8192
     steps: int = 5
     warmup: int = 2
-    embed_docs: int = 3000  # documents timed on the GPU (each up to 4 chunks of 128 words)
+    embed_docs: int = 3000  # documents timed through the embedder (each up to 4 chunks; 720 are bundled)
     embed_reference_docs: int = 300  # of those, compared with fp32 on the CPU
+    embed_steady_chunks: int = 16384  # the same chunks again, straight to the model: a steady chunks/s
 
 
 def plan_configs(plan: Plan) -> list[tuple[str, tuple]]:
@@ -147,7 +148,8 @@ DRY_RUN = Plan(attention_shape=(1, 4, 64, 16), gqa_kv_heads=2, small=TINY + ("mo
                big=TINY + ("train.compile=false", "train.micro_batch_size=1"),
                shape124m=TINY + ("model.n_head=4", "model.n_kv_head=2", "model.vocab_size=50257", "model.dropout=0.0",
                                  "train.micro_batch_size=1"),
-               micro_batch_limit=4, matmul_n=256, steps=2, warmup=1, embed_docs=6, embed_reference_docs=3)
+               micro_batch_limit=4, matmul_n=256, steps=2, warmup=1, embed_docs=6, embed_reference_docs=3,
+               embed_steady_chunks=12)
 
 
 # ---------------------------------------------------------------- the report: one JSON, rewritten per row
@@ -662,20 +664,25 @@ def save_minilm(target: Path) -> Path:
 
 def embedding_texts(n: int) -> list[str]:
     """Up to n bundled Wikipedia articles with at least 50 words, longest-first order left to the embedder."""
+    from lokilm.data.readers import iter_documents  # lokilm's own reader (no datatrove): WikiExtractor <doc>s
+
     texts = []
-    for f in sorted((ROOT / "data/corpus/wikipedia").glob("wiki_*.xz")):
-        for body in re.findall(r"<doc [^>]*>(.*?)</doc>", lzma.open(f, "rt", encoding="utf-8").read(), re.S):
-            if len(body.split()) >= 50:
-                texts.append(body.strip())
+    for doc in iter_documents([ROOT / "data/corpus/wikipedia"]):
+        if len(doc.text.split()) >= 50:
+            texts.append(doc.text)
+        if len(texts) == n:
+            break
     if not texts:
         raise LookupError("no bundled Wikipedia articles of 50 words or more under data/corpus/wikipedia")
     return texts[:n]
 
 
-def embedding_check(device: torch.device, folder: Path, dtype: str, docs: int, reference_docs: int) -> dict:
+def embedding_check(device: torch.device, folder: Path, dtype: str, docs: int, reference_docs: int,
+                    steady_chunks: int) -> dict:
     """Curation's embedder (lokilm.curate.embeddings.Embedder: chunking, length-sorted batches of gpu_batch_size,
     pooling, unit rows) on `device` in `dtype`, timed on `docs` articles after a warm-up, and compared per document
-    with the same weights in fp32 on the CPU on the first `reference_docs`."""
+    with the same weights in fp32 on the CPU on the first `reference_docs`. The bundled articles make under a
+    second of GPU work, so the model's steady rate is timed apart, on their chunks repeated to `steady_chunks`."""
     from sentence_transformers import SentenceTransformer
 
     from lokilm.curate.embeddings import Embedder
@@ -698,6 +705,13 @@ def embedding_check(device: torch.device, folder: Path, dtype: str, docs: int, r
         vecs = fast.embed(texts)
         sync(device)
         seconds = time.perf_counter() - start
+        chunks = [c for t in texts for c in fast.chunks(t)]
+        repeated = (chunks * -(-steady_chunks // len(chunks)))[:max(steady_chunks, 1)]
+        sync(device)
+        start = time.perf_counter()
+        fast.backend.encode(repeated)
+        sync(device)
+        steady_s = time.perf_counter() - start
         ref = embedder("cpu", "fp32", f"{tmp}/ref").embed(texts[:reference_docs])
     cos = (vecs[:reference_docs] * ref).sum(1)
     megabytes = sum(len(t.encode("utf-8")) for t in texts) / 1e6
@@ -707,7 +721,8 @@ def embedding_check(device: torch.device, folder: Path, dtype: str, docs: int, r
             "tolerance": EMBED_COSINE[dtype],
             "documents": len(texts), "chunks": fast.chunks_embedded,
             "chunks_per_s": round(fast.chunks_embedded / seconds, 1), "docs_per_s": round(len(texts) / seconds, 1),
-            "mb_per_s": float(f"{megabytes / seconds:.3g}"), "text_mb": round(megabytes, 2), "seconds_embedding": round(
+            "mb_per_s": float(f"{megabytes / seconds:.3g}"),
+            "steady_chunks": len(repeated), "steady_chunks_per_s": round(len(repeated) / steady_s, 1), "text_mb": round(megabytes, 2), "seconds_embedding": round(
                 seconds, 2), "micro_batch": fast.backend.batch_size, "precision": dtype,
             "peak_mem_gb": round(peak, 2) if peak is not None else None, "minilm": str(folder)}
 
@@ -747,7 +762,8 @@ def run_all(report: Report, device: torch.device, plan: Plan, groups: set[str], 
     if want("embedding"):
         for dtype in ("fp16", "bf16"):
             report.run("embedding", f"curation embeddings {dtype} vs fp32 on the CPU", lambda: embedding_check(
-                device, minilm_folder(minilm), dtype, plan.embed_docs, plan.embed_reference_docs), precision=dtype)
+                device, minilm_folder(minilm), dtype, plan.embed_docs, plan.embed_reference_docs,
+                plan.embed_steady_chunks), precision=dtype)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as the benchmarks run; after the fp32 checks
 

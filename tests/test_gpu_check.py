@@ -280,6 +280,7 @@ def test_the_embedding_rows_run_from_a_saved_fp16_copy_without_datatrove_or_the_
     for r in rows:
         assert r["ok"] and set(gc.REQUIRED) <= set(r) and r["documents"] == gc.DRY_RUN.embed_docs, gc.one_line(r)
         assert r["chunks"] >= r["documents"] and r["chunks_per_s"] > 0 and r["mb_per_s"] > 0
+        assert r["steady_chunks"] == gc.DRY_RUN.embed_steady_chunks and r["steady_chunks_per_s"] > 0
         assert gc.EMBED_COSINE[r["precision"]] <= r["min_cosine"] <= r["mean_cosine"] <= 1 + 1e-6
     assert rows[1]["min_cosine"] < 1 - 1e-6  # bf16 really ran: it differs from fp32 (the rows compare two things)
 
