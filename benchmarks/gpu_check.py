@@ -76,6 +76,7 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # runs from a bare checkout: nothing needs installing
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the device machine is offline: a hub lookup would only wait and fail
 
 import torch  # noqa: E402
 
