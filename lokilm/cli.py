@@ -234,7 +234,8 @@ def _curate(args: argparse.Namespace) -> int:
         RunDir(cfg).save_config()
         summary = curate_stage(cfg)
     print(curate_json(summary))
-    print(f"report: {RunDir(cfg).curate_report_md}")
+    if RunDir(cfg).curate_report_md.is_file():  # none when curation is off or was only submitted to slurm
+        print(f"report: {RunDir(cfg).curate_report_md}")
     return 0
 
 

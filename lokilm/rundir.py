@@ -22,6 +22,22 @@ from lokilm.errors import LokiError
 from lokilm.fileio import atomic_write, write_json
 
 
+_HELD_LOCKS: set[int] = set()  # the descriptors of the locks this process holds (RunDir.lock)
+
+
+def _drop_held_locks_in_child() -> None:
+    # A forked child (datatrove's Manager and pool workers) shares the parent's open lock file, and flock belongs to
+    # it, not to a process: a child left behind by a `kill -9` of the command kept the run directory locked for
+    # good, naming a dead pid. Children close their copy; the parent alone holds the lock.
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_held_locks_in_child)
+
+
 class RunDir:
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -195,6 +211,8 @@ class RunDir:
                                 "before starting another command that writes this run directory") from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"`loki {command}` (pid {os.getpid()})".encode(), 0)
+            _HELD_LOCKS.add(fd)
             yield
         finally:
+            _HELD_LOCKS.discard(fd)
             os.close(fd)  # releases the lock

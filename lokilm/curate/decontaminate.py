@@ -9,6 +9,7 @@ writes what it found per benchmark (documents dropped or cut, bytes, example n-g
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from pathlib import Path
@@ -19,6 +20,7 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from lokilm.data.benchmarks import decontamination_texts
+from lokilm.fileio import atomic_write
 
 _WORD = re.compile(r"[^\W_]+")  # normalised words: letters and digits only, lower-cased
 _MULT = np.uint64(0x100000001B3)  # FNV prime: mixes the word hashes of an n-gram into one
@@ -91,12 +93,12 @@ class NgramIndex:
         return index
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, hashes=self.hashes, meta=np.array([self.n, self.texts, self.too_short]), owners=self.owners,
+        # through atomic_write's temporary name of this process's own: the curation's tasks build a missing cache
+        # at the same time, and with one shared ".tmp.npz" the second rename found no file (a traceback)
+        buf = io.BytesIO()
+        np.savez(buf, hashes=self.hashes, meta=np.array([self.n, self.texts, self.too_short]), owners=self.owners,
                  names=np.array(self.names))
-        tmp.replace(path)
+        atomic_write(Path(path), buf.getvalue())
 
     @classmethod
     def load(cls, path: str | Path) -> NgramIndex:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -77,6 +78,10 @@ def curate_stage(cfg: Config) -> dict:
     once the report is written and its accounting balances, so a killed or failed run is never taken as done."""
     run, c = RunDir(cfg), cfg.curate
     sources = curated_sources(cfg)
+    if cfg.data.mixture and not cfg.curate.enabled:
+        # curated_sources is empty then, and the status below blamed `curate: false` on sources that had none
+        raise LokiError("data.mixture sources are curated only with curate.enabled=true (it is false here, so "
+                        "`loki curate` has nothing to do and the tokenizer would read the sources uncurated)")
     if cfg.data.mixture and not sources:
         return {"status": "off (no data.mixture source is curated: each has curate: false)"}
     for path in [p for _, inputs, _ in sources for p in inputs] if sources else cfg.data.inputs:
@@ -85,8 +90,10 @@ def curate_stage(cfg: Config) -> dict:
     _validate(c)
     # keyed by the inputs' content (adding a file re-runs, a moved corpus does not); where, and how many at once,
     # the tasks run does not change the output; the number of tasks names the files
-    data = ({name: {"inputs": fingerprint(inputs), "text_field": field} for name, inputs, field in sources} if sources
-            else fingerprint(cfg.data.inputs))
+    # a list, not a dict keyed by name: the sources' order is the reading order, which decides which copy of a
+    # duplicate across two sources is kept, and dicts compare equal in any order (reordered sources were "done")
+    data = ([{"name": name, "inputs": fingerprint(inputs), "text_field": field} for name, inputs, field in sources]
+            if sources else fingerprint(cfg.data.inputs))
     wanted = {"data": data, "text_field": cfg.data.text_field,
               "curate": {**asdict(c), "executor": {"tasks": c.executor.tasks}}}
     done = run.finished("curate", wanted, run.curate_report, run.curated)
@@ -127,6 +134,11 @@ def curate_stage(cfg: Config) -> dict:
                         "examples, and loosen the stage that removed them")
     summary = {"status": "done", "inputs": wanted, **summary}
     run.write_summary("curate", summary)
+    for name, part in (summary.get("by_source") or {}).items():
+        if not part["kept"]:  # said now: the tokenizer stops on such a source, after the curation reported "done"
+            removed = ", ".join(f"{stage} {n:,}" for stage, n in part["removed"].items())
+            print(f"loki: warning: curation kept none of data.mixture source {name!r} (removed by: {removed or '?'}); "
+                  "the tokenizer will refuse it: loosen that stage, or give the source `curate: false`", file=sys.stderr)
     return summary
 
 
@@ -240,6 +252,27 @@ def _decontaminate(d, removed: str, hits: str):
 
     dropped = removals_writer(removed, "decontaminate", "benchmark_overlap")
     return Decontaminate(d.n, d.mode, d.benchmarks, d.cache_dir, dropped, hits)
+
+
+def _die_with_parent() -> None:
+    """In a forked child: be killed when the process that forked it dies. datatrove's Manager process (started even
+    for one worker) and its pool workers outlived a `kill -9` of `loki curate`: the Manager waits forever, and a
+    worker would go on writing files the next run rewrites."""
+    with contextlib.suppress(Exception):
+        _prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    if os.getppid() != _forking[0]:  # the parent died before the call above took effect
+        os._exit(1)
+
+
+_forking = [0]
+try:  # looked up here, not in the child: a dlopen in a child forked from a threaded process can deadlock
+    import ctypes
+
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+except (OSError, AttributeError):
+    _prctl = None
+if _prctl is not None:
+    os.register_at_fork(before=lambda: _forking.__setitem__(0, os.getpid()), after_in_child=_die_with_parent)
 
 
 def _executor(e, pipeline: list, tasks: int, logging_dir: Path):

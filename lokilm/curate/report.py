@@ -27,7 +27,7 @@ def _phase_stats(work: Path, timings: dict) -> tuple[dict, dict, dict]:
     """(stage -> {documents, bytes}) after each stage, (stage -> seconds) spent getting there, and the edit counters."""
     counts, seconds, edits, pending = {}, {}, {}, 0.0
     for phase, wall in timings.items():
-        steps = json.loads((work / "logs" / phase / "stats.json").read_text())
+        steps = _merged_stats(work / "logs" / phase)
         if not any(TALLY in s["name"] for s in steps):
             pending += wall  # a dedup phase between two tallies: its whole wall time belongs to that stage
             continue
@@ -45,6 +45,19 @@ def _phase_stats(work: Path, timings: dict) -> tuple[dict, dict, dict]:
                     edits[stage] = {k: _total(stats.get(k, 0)) for k in keys}
     seconds["write"] = round(pending, 3)
     return counts, seconds, edits
+
+
+def _merged_stats(logs: Path) -> list[dict]:
+    """The phase's stats summed over every task's own file (stats/NNNNN.json). Not stats.json: the local executor
+    writes there only the tasks it ran this time, so after an interrupted run resumed (finished tasks skipped)
+    the counts left the finished tasks out and the accounting "did not balance" on every later try."""
+    from datatrove.utils.stats import PipelineStats
+
+    files = sorted((logs / "stats").glob("*.json"))
+    if not files:
+        return json.loads((logs / "stats.json").read_text())
+    merged = sum((PipelineStats.from_json(json.loads(f.read_text())) for f in files), start=PipelineStats())
+    return json.loads(merged.to_json())
 
 
 def _total(stat) -> int:  # a count merged over tasks is a number (local executor) or {"total": ...} (Ray)

@@ -46,6 +46,7 @@ def markdown(ev: dict) -> str:
         if ev["bpb"].get("by_source"):
             lines += ["", "| source | bits per byte |", "|---|---|"]
             lines += [f"| {name} | {v:.4f} |" for name, v in ev["bpb"]["by_source"].items()]
+            lines += [f"| {name} | - ({why}) |" for name, why in ev["bpb"].get("unscored_sources", {}).items()]
     if ev.get("winobias"):
         wb = ev["winobias"]
         lines += ["", "## WinoBias", "", "| | accuracy |", "|---|---|"]

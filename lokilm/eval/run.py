@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import time
 from pathlib import Path
@@ -114,7 +115,15 @@ def held_out_bpb(model, cfg, n_windows: int, batch_size: int, device: torch.devi
     value, by_source = bits_per_byte_by_group(model, windows, token_bytes, n_windows, batch_size, device,
                                               autocast_for(device, cfg.train.precision), windows.sources())
     out = {"value": value, "windows": min(n_windows, len(windows)), "tokens_per_window": cfg.model.context_length}
-    return {**out, "by_source": by_source} if by_source else out
+    if not by_source:
+        return out
+    # a source with no scored window was left out of by_source without a word, as if the mixture had no such
+    # source: name it and say why, so the table shows every source
+    counts = collections.Counter(windows.sources())
+    unscored = {name: ("its held-out split holds no window" if not counts[name] else
+                       f"none of its {counts[name]} held-out windows is among the {out['windows']} scored")
+                for name in windows.meta["sources"] if name not in by_source}
+    return {**out, "by_source": by_source, **({"unscored_sources": unscored} if unscored else {})}
 
 
 def load_items(run_dir: str | Path, preset: str, limit: int | None = None) -> list[dict]:
