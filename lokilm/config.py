@@ -328,6 +328,9 @@ def _validate_distill(d: DistillConfig) -> None:
     _check(d.max_regenerations >= 0, "distill.max_regenerations", f"must be >= 0, got {d.max_regenerations}")
     _check(d.temperature >= 0, "distill.temperature", f"must be >= 0 (0 is greedy), got {d.temperature}")
     _check(d.top_p is None or 0.0 < d.top_p <= 1.0, "distill.top_p", f"must be in (0, 1] (or unset), got {d.top_p}")
+    # numpy's seeded generator (the KD-window plan, lokilm.distill.cache.kd_windows) refuses a negative seed: a
+    # ValueError traceback from `loki distill generate` and from training's KD batches
+    _check(isinstance(d.seed, int) and d.seed >= 0, "distill.seed", f"must be an integer >= 0, got {d.seed}")
 
 
 _check = check

@@ -17,6 +17,8 @@ written before the kind column, keeps meta.json's counts).
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -89,6 +91,18 @@ def load_index(path: Path, name: str) -> np.ndarray:
     return rows
 
 
+def load_meta(path: Path, name: str) -> dict:
+    """A cache's meta.json; a damaged one is a CacheError (it was a JSONDecodeError traceback)."""
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CacheError(f"teacher {name!r}: {path} is damaged ({e}); rerun `loki distill generate --restart`") from None
+    if not isinstance(meta, dict):
+        raise CacheError(f"teacher {name!r}: {path} is not a teacher-cache meta.json; "
+                         "rerun `loki distill generate --restart`")
+    return meta
+
+
 def row_counts(rows: np.ndarray) -> dict[str, int]:
     """The COUNT_KEYS of an index with the kind column."""
     kind = rows[:, 5]
@@ -111,13 +125,59 @@ class TeacherCacheWriter:
             raise ValueError(f"teacher cache meta lacks {missing}")
         self.meta = dict(meta)
         self.name = meta["teacher"]
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:  # a distill.cache_dir (or teacher folder) that is a file was a NotADirectoryError traceback
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CacheError(f"teacher {self.name!r}: cannot create the cache folder {self.path} ({e.strerror}); "
+                             "set distill.cache_dir to a folder") from None
+        for part in ("meta.json", "index.npy", "tokens.bin"):
+            if (self.path / part).exists() and not (self.path / part).is_file():
+                raise CacheError(f"teacher {self.name!r}: {self.path / part} is not a file; move it away or "
+                                 "rerun with another distill.cache_dir")
+        self._lock = self._take_lock()
+        try:
+            self._open(meta, restart)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _take_lock(self) -> int:
+        # The run directory's lock does not cover a cache folder shared by several runs (distill.cache_dir):
+        # two `loki distill generate` on two run directories appended to one tokens.bin at once, and each
+        # index pointed into the other's tokens (most continuations silently wrong). One writer per cache
+        # folder; the OS drops the lock when its process dies, however it dies.
+        from lokilm.rundir import _HELD_LOCKS
+
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise CacheError(f"teacher {self.name!r}: the cache in {self.path} is being written by {holder}; "
+                             "wait for it to finish (or stop it)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        _HELD_LOCKS.add(fd)  # a forked child closes its copy (lokilm.rundir)
+        return fd
+
+    def _release_lock(self) -> None:
+        from lokilm.rundir import _HELD_LOCKS
+
+        if self._lock is not None:
+            _HELD_LOCKS.discard(self._lock)
+            os.close(self._lock)
+            self._lock = None
+
+    def _open(self, meta: dict, restart: bool) -> None:
         meta_path = self.path / "meta.json"
         rows = np.empty((0, _ROW), dtype=np.int64)
         self.counts = {k: 0 for k in COUNT_KEYS}
         self.previous: dict = {}  # the meta.json this writer resumes from, if any
         if meta_path.is_file() and not restart:
-            old = self.previous = json.loads(meta_path.read_text())
+            old = self.previous = load_meta(meta_path, self.name)
             changed = [k for k in IDENTITY_KEYS if old.get(k) != meta[k]]
             if changed:
                 raise CacheError(f"teacher {self.name!r}: the cache in {self.path} was made with other "
@@ -138,6 +198,13 @@ class TeacherCacheWriter:
         # Drop tokens appended after the last commit (a crash between append and commit)
         end = int((rows[:, 1] + rows[:, 2]).max()) if len(rows) else 0
         tokens_path = self.path / "tokens.bin"
+        size = tokens_path.stat().st_size if tokens_path.is_file() else 0
+        if size < end * 4:
+            # truncate() below would pad a short file with zeros: committed continuations silently turned into
+            # runs of token 0, and the cache marked complete. A file shorter than its index is damage, not a crash
+            # (tokens are fsynced before the index that points into them is committed).
+            raise CacheError(f"teacher {self.name!r}: {tokens_path} is truncated ({size // 4} tokens, the index "
+                             f"needs {end}); rerun `loki distill generate --restart`")
         with open(tokens_path, "ab") as f:
             f.truncate(end * 4)
         self._tokens = open(tokens_path, "ab")  # noqa: SIM115 (held open for appending until finish/close)
@@ -183,6 +250,7 @@ class TeacherCacheWriter:
     def close(self) -> None:
         if not self._tokens.closed:
             self._tokens.close()
+        self._release_lock()
 
 
 class TeacherCache:
@@ -205,7 +273,7 @@ class TeacherCache:
         meta_path = path / "meta.json"
         if not meta_path.is_file():
             raise CacheError(f"teacher {name!r}: no teacher cache in {path}: run `loki distill generate` first")
-        meta = json.loads(meta_path.read_text())
+        meta = load_meta(meta_path, name)
         name = meta.get("teacher", name)
         if meta.get("tokenizer_sha256") != tokenizer_sha256:
             raise CacheError(f"teacher {name!r}: the cache in {path} was re-tokenised with another student "

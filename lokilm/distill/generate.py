@@ -168,6 +168,17 @@ def _fill(cfg, settings, name, teacher, tok, windows, plan, base_meta, index, re
             start = time.perf_counter()
             teacher = load_teacher(settings)
             load_s = time.perf_counter() - start
+        # What was loaded (a lokilm teacher: its checkpoint) is not part of the identity, which is checked before
+        # loading: a run directory that trained on between a kill and the rerun, or a larger cache_sequences
+        # later, went on with the newer checkpoint, and the cache mixed two teachers without a word.
+        loaded = getattr(teacher, "source", None) if teacher is not None else None
+        before_now = writer.previous.get("loaded_from")
+        if loaded and before_now and loaded != before_now and writer.done:
+            raise CacheError(f"teacher {name!r}: the cache in {path} was made with {before_now}, the teacher now "
+                             f"loads {loaded}: finishing it would mix two teachers; rerun with --restart to regenerate "
+                             "it with the teacher as it is now")
+        if loaded or before_now:
+            writer.meta["loaded_from"] = loaded or before_now
         prefix, tail = base_meta["prefix_tokens"], base_meta["context_length"] + 1 - base_meta["prefix_tokens"]
         cont = Continuer(teacher, tok, tail, cfg, index) if todo else None
         gen_s, student_tokens, teacher_tokens, kept = 0.0, 0, 0, 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -140,6 +141,12 @@ def cache_names(teachers: list[TeacherSettings], reserved: tuple[str, ...] = ())
         i = names.index("")
         raise LokiError(f"distill.teachers[{i}] ({teacher_name(teachers[i])}) has no name: give every teacher one, "
                         "e.g. {name: smollm2, kind: package, path: smollm2}")
+    for i, name in enumerate(names):
+        # A name is a folder under the cache root: "../../x" wrote a cache outside the run directory and ".." into
+        # the run directory itself; a name is letters, digits, '-', '_' and '.', as data.mixture's source names
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise LokiError(f"distill.teachers[{i}].name: {name!r} must be a name of letters, digits, '-', '_' and "
+                            "'.' that starts with a letter or digit (it names the teacher's cache folder)")
     if len(set(names)) != len(names) or set(names) & set(reserved):
         raise LokiError(f"distill.teachers need distinct names{' other than ' + ', '.join(map(repr, reserved)) if reserved else ''}; "
                         f"got {names}")

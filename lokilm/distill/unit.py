@@ -20,12 +20,25 @@ from lokilm.distill.cache import CacheError, TeacherCache, cache_root, kd_window
 from lokilm.distill.losses import minimum_rule, soft_token_loss, token_ce
 from lokilm.distill.teachers import cache_names, lokilm_checkpoint
 from lokilm.errors import LokiError
+from lokilm.shards import TokenWindows
 from lokilm.train.units import Step, Unit
 
 if TYPE_CHECKING:
     from lokilm.checkpoint.single import Checkpoint
 
 GROUND_TRUTH = "ground_truth"
+
+
+def all_train_windows(trainer) -> TokenWindows:
+    """The run's training windows as `loki distill generate` numbers them (TokenWindows over the shards' train
+    split). With data.mixture the batch source holds one TokenWindows per source (a dict): KD took len() of the
+    dict (3 windows) and called .batch on it, an AttributeError traceback in logit mode and a false "the cache names
+    windows the shards do not have" in sequence mode. shards/meta.json lists every source's train shards, so the
+    KD windows are drawn from all sources together, as the cache was generated."""
+    windows = trainer.data.windows
+    if isinstance(windows, dict):  # opening it maps the shards, nothing is read
+        return TokenWindows(trainer.run.shards, "train", trainer.cfg.model.context_length)
+    return windows
 
 
 class DistillUnit(Unit):
@@ -37,7 +50,7 @@ class DistillUnit(Unit):
         self.windows = windows
         self.settings, self.micro = trainer.cfg.distill, trainer.cfg.train.micro_batch_size
         self.model, self.device, self.dist = trainer.step_model, trainer.device, trainer.dist
-        self.train_windows, self.logging = trainer.data.windows, trainer.logging
+        self.train_windows, self.logging = all_train_windows(trainer), trainer.logging
         self.targets = [GROUND_TRUTH, *teachers]
         self.kd_samples = 0  # KD windows consumed: the ordinary data order does not advance on KD steps
         self._reset()
@@ -135,7 +148,7 @@ class SequenceKD(DistillUnit):
         if not len(windows):
             raise CacheError(f"the teacher caches in {root} ({', '.join(c.name for c in self.caches)}) have no "
                              "training window in common; regenerate them with `loki distill generate`")
-        if windows.max() >= len(trainer.data.windows):
+        if windows.max() >= len(all_train_windows(trainer)):
             raise CacheError(f"teacher {self.caches[0].name!r}: the cache in {root} names training windows the run's "
                              "shards do not have; rerun `loki distill generate`")
         super().__init__(trainer, windows, [c.name for c in self.caches])
@@ -191,7 +204,7 @@ class LogitKD(DistillUnit):
                                 f"the student's {cfg.model.context_length}")
             model, _ = load_model(run_dir, trainer.device, ckpt)
             self.teachers.append(model.requires_grad_(False))
-        n = len(trainer.data.windows)
+        n = len(all_train_windows(trainer))
         super().__init__(trainer, kd_windows(n, n, d.seed), [t.name for t in d.teachers])
 
     def _batch(self, windows: np.ndarray) -> tuple[Tensor, Tensor]:

@@ -4,6 +4,8 @@ schedule (lokilm/data/mixture.py), and each source is read in a shuffled, resuma
 from __future__ import annotations
 
 import hashlib
+import math
+import sys
 
 import numpy as np
 import torch
@@ -30,6 +32,8 @@ class MixtureData(Unit):
         self.taken, self.counts = [0] * len(self.names), [0] * len(self.names)
         self._orders: dict[str, ShuffledOrder] = {}
         self._plan: tuple[tuple, list[tuple[int, int]], list[int]] | None = None
+        self._changed: tuple[list, list] | None = None  # (the checkpoint's phases, the config's), if they differ
+        self._resized: dict[str, tuple[int, int]] = {}  # sources whose train windows changed since the checkpoint
 
     def _order(self, s: int) -> ShuffledOrder:
         name = self.names[s]
@@ -75,9 +79,13 @@ class MixtureData(Unit):
     def epochs_by_source(self) -> dict[str, float]:
         return {name: round(t / len(self.windows[name]), 4) for name, t in zip(self.names, self.taken)}
 
+    def _phases(self) -> list[dict]:
+        return [{"start_window": p.start, "end_window": p.end, "weights": dict(zip(self.names, p.weights))}
+                for p in self.schedule.phases]
+
     def start(self, resumed: bool) -> None:
         if resumed:
-            return  # said when the run began
+            return  # said when the run began (a changed mixture is said by before_step)
         planned = self.schedule.planned(self.planned_slots)
         sizes = {name: len(w) for name, w in self.windows.items()}
         self.event("mixture", 0, sources=", ".join(self.names),
@@ -88,6 +96,25 @@ class MixtureData(Unit):
             if p > sizes[name]:
                 self.event("source_upsampled", 0, source=name, train_windows=sizes[name], planned_windows=round(p),
                            epochs=round(p / sizes[name], 2))
+
+    def before_step(self, step: Step) -> None:
+        from lokilm.parallel.dist import env_rank
+
+        if env_rank() != 0:  # rank 0 says it for all (events.jsonl is rank 0's too)
+            self._resized, self._changed = {}, None
+        if self._resized:
+            resized, self._resized = self._resized, {}
+            self.event("mixture_sources_resized", step.number - 1, train_windows=resized)
+            print("loki: note: the shards of data.mixture source(s) changed since the checkpoint ("
+                  + ", ".join(f"{n}: {a} -> {b} train windows" for n, (a, b) in resized.items())
+                  + "); each is read in a new shuffled order from its cursor, so some of its windows may repeat "
+                  "and others be skipped", file=sys.stderr)
+        if self._changed:  # the first step after a resume with other weights or phases (load_state_dict)
+            (old, new), self._changed = self._changed, None
+            self.event("mixture_changed", step.number - 1, window=self.samples, checkpoint_phases=old, phases=new)
+            print(f"loki: note: data.mixture weights or data.phases changed since the checkpoint (window "
+                  f"{self.samples}): it was trained on {_describe(old)}; it continues with {_describe(new)}; the "
+                  "windows dealt so far are kept and the quotas follow the new weights from here", file=sys.stderr)
 
     def after_step(self, step: Step) -> None:
         step.record["tokens_by_source"] = self.tokens_by_source()
@@ -101,7 +128,8 @@ class MixtureData(Unit):
 
     def state_dict(self) -> dict:
         return {"samples": self.samples, "data_seed": self.data_seed, "sources": self.names,
-                "taken": list(self.taken), "counts": list(self.counts)}
+                "taken": list(self.taken), "counts": list(self.counts), "phases": self._phases(),
+                "train_windows": {name: len(w) for name, w in self.windows.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
@@ -112,9 +140,31 @@ class MixtureData(Unit):
                             f"{self.names}: resume with the same data.mixture, or start a new run_dir")
         self.samples, self.data_seed = int(state["samples"]), int(state["data_seed"])
         self.taken, self.counts = [int(x) for x in state["taken"]], [int(x) for x in state["counts"]]
+        # A resume with other weights or phase boundaries went on silently with the old run's counts under the new
+        # weights (and config.yaml rewritten with the new ones, as if the whole run had used them): allowed, since
+        # changing a mixture mid-run is a real use, but said (before_step). Checkpoints from before this key: unknown.
+        old, new = state.get("phases"), self._phases()
+        self._changed = (old, new) if old is not None and not _same_phases(old, new) else None
+        # Re-tokenised sources (data added between a kill and the resume): the cursors index a new shuffled order,
+        # so some windows repeat and others are skipped; said too
+        sizes = {name: len(w) for name, w in self.windows.items()}
+        self._resized = {n: (int(m), sizes[n]) for n, m in state.get("train_windows", {}).items() if int(m) != sizes.get(n)}
 
     def after_rollback(self, count: int) -> None:
         self.data_seed = self.seed + 1000 * count  # reshuffle each source; the interleaving stays
+
+
+def _same_phases(a: list[dict], b: list[dict]) -> bool:
+    return len(a) == len(b) and all(
+        x["start_window"] == y["start_window"] and x["end_window"] == y["end_window"]
+        and x["weights"].keys() == y["weights"].keys()
+        and all(math.isclose(x["weights"][k], y["weights"][k], rel_tol=1e-9, abs_tol=1e-12) for k in x["weights"])
+        for x, y in zip(a, b))
+
+
+def _describe(phases: list[dict]) -> str:
+    return "; ".join(f"windows {p['start_window']}-{p['end_window'] if p['end_window'] is not None else 'end'}: "
+                     + ", ".join(f"{n} {w:.3g}" for n, w in p["weights"].items()) for p in phases)
 
 
 def mixture_data(cfg, run, device: torch.device, loss_fn, event) -> MixtureData:
