@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from lokilm import stages
 from lokilm.config import load_config
@@ -202,3 +203,29 @@ def test_a_cache_folder_that_is_a_file_is_a_clear_error(tmp_path):
     (tmp_path / "c" / "t1" / "meta.json").mkdir(parents=True)
     with pytest.raises(CacheError, match="'t1': .*meta.json is not a file"):
         TeacherCacheWriter(tmp_path / "c" / "t1", META)  # was IsADirectoryError at the first commit
+
+
+def test_a_plain_run_resumed_on_re_tokenised_shards_says_so(tmp_path, small_tokenizer, sample_text, capsys):
+    """The plain data unit (no mixture) records its window count: a resume on shards with another count is noted;
+    the same shards, and a checkpoint from before the key, say nothing."""
+    from lokilm.shards import TokenWindows, write_shards
+    from lokilm.train.data import TrainData
+
+    paras = [p for p in sample_text.split("\n\n") if p.strip()]
+    windows = {}
+    for name, docs in (("a", paras), ("b", paras[: len(paras) // 2])):
+        write_shards([(f"d{i}", t) for i, t in enumerate(docs)], small_tokenizer, tmp_path / name, 0.2, progress=False)
+        windows[name] = TokenWindows(tmp_path / name, "train", 64)
+    assert len(windows["a"]) != len(windows["b"])
+    unit = TrainData(windows["a"], 4, 0, torch.device("cpu"), None)
+    unit.samples = 12
+    state = unit.state_dict()
+    capsys.readouterr()
+    TrainData(windows["a"], 4, 0, torch.device("cpu"), None).load_state_dict(state)
+    TrainData(windows["b"], 4, 0, torch.device("cpu"), None).load_state_dict(
+        {k: v for k, v in state.items() if k != "train_windows"})
+    assert "note" not in capsys.readouterr().err
+    resumed = TrainData(windows["b"], 4, 0, torch.device("cpu"), None)
+    resumed.load_state_dict(state)
+    err = capsys.readouterr().err
+    assert resumed.samples == 12 and f"{len(windows['a'])} -> {len(windows['b'])} train windows" in err

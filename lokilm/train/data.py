@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from lokilm.shards import ShuffledOrder, TokenWindows
@@ -31,10 +33,18 @@ class TrainData(Unit):
         self.samples += step.batch_size
 
     def state_dict(self) -> dict:
-        return {"samples": self.samples, "data_seed": self.data_seed}
+        return {"samples": self.samples, "data_seed": self.data_seed, "train_windows": len(self.windows)}
 
     def load_state_dict(self, state: dict) -> None:
         self.samples, self.data_seed = int(state["samples"]), int(state["data_seed"])
+        # Shards re-tokenised between a halt and the resume (new inputs, another holdout) changed the window count,
+        # and the cursor went on over a new shuffled order in silence: some windows read twice, others never. Said,
+        # not refused (adding data to a run is a real use), as the mixture sampler does. Older checkpoints: unknown.
+        before = state.get("train_windows")
+        if before is not None and int(before) != len(self.windows):
+            print(f"loki: note: the training shards changed since the checkpoint ({int(before)} -> {len(self.windows)} "
+                  f"train windows); the run goes on from window {self.samples} in a new shuffled order, so some "
+                  "windows may repeat and others be skipped", file=sys.stderr)
 
     def after_rollback(self, count: int) -> None:
         self.data_seed = self.seed + 1000 * count
