@@ -40,6 +40,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--repeats", type=int, default=1, help="runs of each side, alternating which goes first; best kept")
+    p.add_argument("--profile", action="store_true", help="then profile one more run of lokilm's side (cProfile): "
+                                                          "where its time goes, and the share of the linear layers")
     args = p.parse_args()
 
     from lm_eval.models.huggingface import HFLM
@@ -88,6 +90,8 @@ def main() -> None:
                 best[side] = min(best[side], time.perf_counter() - t0)
                 cpu[side] = min(cpu.get(side, float("inf")), time.process_time() - c0)
         ours, theirs, t_ours, t_theirs = results["ours"], results["theirs"], best["ours"], best["theirs"]
+        if args.profile:
+            profile(run_ours)
 
     diffs = [abs(x - y) for a, b in zip(ours, theirs) for x, y in zip(a.get("loglikelihoods", []), b.get("loglikelihoods", []))]
     print(json.dumps({
@@ -105,6 +109,22 @@ def main() -> None:
                             for a, b in zip(ours, theirs) if not same_metrics(a, b)][:10],
         "same_items": [(a["task"], a["doc_id"]) for a in ours] == [(b["task"], b["doc_id"]) for b in theirs],
     }), flush=True)
+
+
+def profile(run) -> None:
+    """lokilm's side once more under cProfile (after the timed runs, so set-up costs are paid): the top functions by
+    cumulative time, and the time in torch's linear layers, which lm-eval's hf backend computes just the same."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    start = time.perf_counter()
+    prof.runcall(run)
+    wall = time.perf_counter() - start
+    stats = pstats.Stats(prof)
+    linear = sum(v[3] for k, v in stats.stats.items() if k[2] == "<built-in method torch._C._nn.linear>")
+    print(f"profile: lokilm's side {wall:.1f} s under cProfile, {linear:.1f} s of it in torch._C._nn.linear")
+    stats.sort_stats("cumulative").print_stats(25)
 
 
 def same_metrics(a: dict, b: dict) -> bool:

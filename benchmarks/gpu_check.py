@@ -652,15 +652,11 @@ def minilm_folder(given: str | None) -> Path:
 def save_minilm(target: Path) -> Path:
     """An fp16 copy of the installed MiniLM (45 MB instead of 90: it fits in what travels to the device machine; the
     fp32 reference on the CPU then reads the same rounded weights as the GPU, so the rows compare kernels only)."""
-    from lokilm.curate.embeddings import load_minilm
+    from lokilm.curate.embeddings import _build_once, load_minilm
 
     if target.exists():
         raise FileExistsError(f"{target} exists; remove it first")
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    model = load_minilm("cpu").half()
-    model.save(str(tmp))
-    os.replace(tmp, target)
-    return target
+    return _build_once(target, lambda tmp: load_minilm("cpu").half().save(str(tmp)))
 
 
 def embedding_texts(n: int) -> list[str]:

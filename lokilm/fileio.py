@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -23,6 +27,44 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk or a Ctrl-C leaves no temporary behind
         raise
+
+
+_HELD_LOCKS: set[int] = set()  # the descriptors of the locks this process holds (exclusive_lock)
+
+
+def _drop_held_locks_in_child() -> None:
+    # A forked child (datatrove's Manager and pool workers) shares the parent's open lock file, and flock belongs to
+    # it, not to a process: a child left behind by a `kill -9` of the command kept the lock for good, naming a dead
+    # pid. Children close their copy; the parent alone holds the lock.
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_held_locks_in_child)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, holder: str, busy: Callable[[str], Exception]) -> Iterator[None]:
+    """Hold an flock on `path` (created if missing) with `holder` written in it, or raise busy(the holder's text)
+    at once if another process has it. The OS drops the lock when its process dies, however it dies, so a stale
+    lock file never blocks the next holder."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise busy(os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        _HELD_LOCKS.add(fd)
+        yield
+    finally:
+        _HELD_LOCKS.discard(fd)
+        os.close(fd)  # releases the lock
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -8,8 +8,6 @@ path is derived here from one root, and stage summaries record their inputs by c
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -19,23 +17,7 @@ import yaml
 
 from lokilm.config import Config, ConfigError, from_dict, to_dict
 from lokilm.errors import LokiError
-from lokilm.fileio import atomic_write, write_json
-
-
-_HELD_LOCKS: set[int] = set()  # the descriptors of the locks this process holds (RunDir.lock)
-
-
-def _drop_held_locks_in_child() -> None:
-    # A forked child (datatrove's Manager and pool workers) shares the parent's open lock file, and flock belongs to
-    # it, not to a process: a child left behind by a `kill -9` of the command kept the run directory locked for
-    # good, naming a dead pid. Children close their copy; the parent alone holds the lock.
-    for fd in _HELD_LOCKS:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _HELD_LOCKS.clear()
-
-
-os.register_at_fork(after_in_child=_drop_held_locks_in_child)
+from lokilm.fileio import atomic_write, exclusive_lock, write_json
 
 
 class RunDir:
@@ -198,21 +180,10 @@ class RunDir:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise LokiError(f"cannot create run_dir {self.root} ({e.strerror})") from None
-        path = self.root / ".lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-                raise LokiError(f"{self.root} is in use by {holder}; wait for it to finish (or stop it) "
-                                "before starting another command that writes this run directory") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"`loki {command}` (pid {os.getpid()})".encode(), 0)
-            _HELD_LOCKS.add(fd)
+
+        def busy(holder: str) -> LokiError:
+            return LokiError(f"{self.root} is in use by {holder}; wait for it to finish (or stop it) before starting "
+                             "another command that writes this run directory")
+
+        with exclusive_lock(self.root / ".lock", f"`loki {command}` (pid {os.getpid()})", busy):
             yield
-        finally:
-            _HELD_LOCKS.discard(fd)
-            os.close(fd)  # releases the lock

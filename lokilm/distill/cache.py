@@ -17,8 +17,7 @@ written before the kind column, keeps meta.json's counts).
 
 from __future__ import annotations
 
-import errno
-import fcntl
+import contextlib
 import hashlib
 import io
 import json
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from lokilm.errors import LokiError
-from lokilm.fileio import atomic_write, write_json
+from lokilm.fileio import atomic_write, exclusive_lock, write_json
 
 # The meta.json keys that must match for existing continuations to be reused (the rest is bookkeeping)
 IDENTITY_KEYS = ("teacher", "source", "tokenizer_sha256", "shards_fingerprint", "context_length",
@@ -141,35 +140,20 @@ class TeacherCacheWriter:
             self._release_lock()
             raise
 
-    def _take_lock(self) -> int:
+    def _take_lock(self) -> contextlib.ExitStack:
         # The run directory's lock does not cover a cache folder shared by several runs (distill.cache_dir):
         # two `loki distill generate` on two run directories appended to one tokens.bin at once, and each
-        # index pointed into the other's tokens (most continuations silently wrong). One writer per cache
-        # folder; the OS drops the lock when its process dies, however it dies.
-        from lokilm.rundir import _HELD_LOCKS
+        # index pointed into the other's tokens (most continuations silently wrong). One writer per cache folder.
+        def busy(holder: str) -> CacheError:
+            return CacheError(f"teacher {self.name!r}: the cache in {self.path} is being written by {holder}; "
+                              "wait for it to finish (or stop it)")
 
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            raise CacheError(f"teacher {self.name!r}: the cache in {self.path} is being written by {holder}; "
-                             "wait for it to finish (or stop it)") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
-        _HELD_LOCKS.add(fd)  # a forked child closes its copy (lokilm.rundir)
-        return fd
+        stack = contextlib.ExitStack()
+        stack.enter_context(exclusive_lock(self.path / ".lock", f"pid {os.getpid()}", busy))
+        return stack
 
     def _release_lock(self) -> None:
-        from lokilm.rundir import _HELD_LOCKS
-
-        if self._lock is not None:
-            _HELD_LOCKS.discard(self._lock)
-            os.close(self._lock)
-            self._lock = None
+        self._lock.close()
 
     def _open(self, meta: dict, restart: bool) -> None:
         meta_path = self.path / "meta.json"

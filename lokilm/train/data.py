@@ -40,8 +40,10 @@ class TrainData(Unit):
         # Shards re-tokenised between a halt and the resume (new inputs, another holdout) changed the window count,
         # and the cursor went on over a new shuffled order in silence: some windows read twice, others never. Said,
         # not refused (adding data to a run is a real use), as the mixture sampler does. Older checkpoints: unknown.
+        from lokilm.parallel.dist import env_rank
+
         before = state.get("train_windows")
-        if before is not None and int(before) != len(self.windows):
+        if before is not None and int(before) != len(self.windows) and env_rank() == 0:  # rank 0 says it for all
             print(f"loki: note: the training shards changed since the checkpoint ({int(before)} -> {len(self.windows)} "
                   f"train windows); the run goes on from window {self.samples} in a new shuffled order, so some "
                   "windows may repeat and others be skipped", file=sys.stderr)
